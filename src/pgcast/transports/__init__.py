@@ -1,0 +1,1 @@
+"""Transports move frames between the pure session core and the network."""
