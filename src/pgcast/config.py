@@ -1,0 +1,391 @@
+"""pgcast settings: one frozen ``Settings`` value and the loader that builds it.
+
+Sources, highest precedence first:
+
+1. flags (``load_settings(flags)``; a value of ``None`` means "not given"),
+2. ``PGCAST_<FIELD>`` environment variables (``PGCAST_PORT``, ``PGCAST_CHANNELS`` ...),
+3. ``DATABASE_URL`` (``database_url`` only),
+4. the ``[pgcast]`` table of a TOML file (``config_file``, else ``$PGCAST_CONFIG``,
+   else ``./pgcast.toml`` when it exists),
+5. the defaults declared on ``Settings``.
+
+Every value, whatever its source, goes through the same parser; a bad one raises
+``ConfigError`` naming the source and the value (passwords redacted). This module
+does no I/O beyond reading the TOML file; the embedded database lives in
+``pgcast.embedded``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import math
+import os
+import re
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pgcast.exceptions import ConfigError
+
+__all__ = [
+    "ENV_PREFIX",
+    "LOG_LEVELS",
+    "TOML_TABLE",
+    "Settings",
+    "find_config_file",
+    "load_settings",
+    "redact_url",
+]
+
+ENV_PREFIX = "PGCAST_"
+TOML_TABLE = "pgcast"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9_*]+")
+_MAX_CHANNEL_LENGTH = 63  # PostgreSQL's NAMEDATALEN - 1: longer channel names are truncated
+_DURATION = re.compile(r"(?:\d+[dhms])+")
+_DURATION_PART = re.compile(r"(\d+)([dhms])")
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_MAX_RETENTION = datetime.timedelta(days=36500)
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+# --- parsers: (value, label) -> typed value; label names the source in error messages ---
+
+
+def _fail(label: str, value: object, problem: str, hint: str | None = None) -> ConfigError:
+    return ConfigError(f"{label}={value!r} {problem}", hint=hint)
+
+
+def _parse_int(value: object, label: str, problem: str, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise _fail(label, value, problem)
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        number = int(value.strip())
+    else:
+        raise _fail(label, value, problem)
+    if not low <= number <= high:
+        raise _fail(label, value, problem)
+    return number
+
+
+def _parse_seconds(value: object, label: str) -> float:
+    problem = "is not a valid interval (seconds, greater than 0 and at most 3600)"
+    if isinstance(value, bool):
+        raise _fail(label, value, problem)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = float(value.strip())
+        except ValueError:
+            raise _fail(label, value, problem) from None
+    else:
+        raise _fail(label, value, problem)
+    if not math.isfinite(seconds) or not 0 < seconds <= 3600:
+        raise _fail(label, value, problem)
+    return seconds
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the authority or a ``password=`` query) replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        if ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:***@{hostport}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if any(key == "password" for key, _ in pairs):
+            query = "&".join(
+                f"{key}=***" if key == "password" else f"{key}={val}" for key, val in pairs
+            )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _parse_database_url(value: object, label: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _fail(label, value, "is not a PostgreSQL URL")
+    url = value.strip()
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("postgres", "postgresql") or not url.partition("://")[2]:
+        raise _fail(
+            label,
+            redact_url(url),
+            "is not a PostgreSQL URL",
+            hint="use postgresql://user:password@host:port/database",
+        )
+    if any(ch.isspace() for ch in url):
+        raise _fail(label, redact_url(url), "contains whitespace")
+    return url
+
+
+def _parse_host(value: object, label: str) -> str:
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or any(ch.isspace() or not ch.isprintable() for ch in value.strip())
+    ):
+        raise _fail(label, value, "is not a valid host (an address or host name to listen on)")
+    return value.strip()
+
+
+def _parse_port(value: object, label: str) -> int:
+    return _parse_int(value, label, "is not a valid port (1-65535)", 1, 65535)
+
+
+def _parse_channels(value: object, label: str) -> tuple[str, ...]:
+    items: Iterable[object]
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+        items = [item for item in items if item]
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        raise _fail(label, value, "is not a list of channel patterns")
+    patterns: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not _CHANNEL_PATTERN.fullmatch(item):
+            raise _fail(
+                label,
+                value,
+                f"contains an invalid channel pattern {item!r}",
+                hint="channel patterns may only contain letters, digits, '_' and '*'",
+            )
+        if len(item) > _MAX_CHANNEL_LENGTH:
+            raise _fail(
+                label,
+                value,
+                f"contains a channel pattern longer than {_MAX_CHANNEL_LENGTH} characters",
+            )
+        if item not in patterns:
+            patterns.append(item)
+    return tuple(patterns)
+
+
+def _parse_retention(value: object, label: str) -> datetime.timedelta:
+    problem = "is not a valid retention"
+    hint = 'write a positive duration such as "7d", "12h", "30m", "3600s" or "1d12h"'
+    if isinstance(value, datetime.timedelta):
+        retention = value
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        if _INTEGER.fullmatch(text):
+            if int(text) <= 0:
+                raise _fail(label, value, "is not a valid retention: it must be positive", hint)
+            raise _fail(label, value, f"{problem}: the number needs a unit", hint)
+        if not _DURATION.fullmatch(text):
+            raise _fail(label, value, problem, hint)
+        seconds = sum(
+            int(amount) * _DURATION_UNITS[unit] for amount, unit in _DURATION_PART.findall(text)
+        )
+        if seconds > _MAX_RETENTION.total_seconds():
+            raise _fail(label, value, f"{problem}: at most {_MAX_RETENTION.days} days", hint)
+        retention = datetime.timedelta(seconds=seconds)
+    else:
+        raise _fail(label, value, problem, hint)
+    if retention <= datetime.timedelta(0):
+        raise _fail(label, value, f"{problem}: it must be positive", hint)
+    if retention > _MAX_RETENTION:
+        raise _fail(label, value, f"{problem}: at most {_MAX_RETENTION.days} days", hint)
+    return retention
+
+
+def _parse_max_frame_bytes(value: object, label: str) -> int:
+    return _parse_int(
+        value, label, "is not a valid frame size (1024 to 1073741824 bytes)", 1024, 1 << 30
+    )
+
+
+def _parse_outbox_limit(value: object, label: str) -> int:
+    return _parse_int(value, label, "is not a valid outbox limit (1-1000000 frames)", 1, 1_000_000)
+
+
+def _parse_max_subscriptions(value: object, label: str) -> int:
+    return _parse_int(
+        value, label, "is not a valid subscription limit (1-100000 per connection)", 1, 100_000
+    )
+
+
+def _parse_log_level(value: object, label: str) -> str:
+    choices = ", ".join(LOG_LEVELS)
+    if not isinstance(value, str):
+        raise _fail(label, value, f"is not a log level ({choices})")
+    level = value.strip().lower()
+    if level not in LOG_LEVELS:
+        close = difflib.get_close_matches(level, LOG_LEVELS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else None
+        raise _fail(label, value, f"is not a log level ({choices})", hint)
+    return level
+
+
+_Parser = Callable[[object, str], Any]
+
+_PARSERS: dict[str, _Parser] = {
+    "database_url": _parse_database_url,
+    "host": _parse_host,
+    "port": _parse_port,
+    "channels": _parse_channels,
+    "retention": _parse_retention,
+    "max_frame_bytes": _parse_max_frame_bytes,
+    "outbox_limit": _parse_outbox_limit,
+    "max_subscriptions": _parse_max_subscriptions,
+    "probe_interval": _parse_seconds,
+    "poll_interval": _parse_seconds,
+    "log_level": _parse_log_level,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Validated pgcast settings. Constructing one directly validates it too."""
+
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    channels: tuple[str, ...] = ("query_results_*", "table_updates_*", "system_notifications")
+    retention: datetime.timedelta = datetime.timedelta(days=7)
+    max_frame_bytes: int = 1_048_576
+    outbox_limit: int = 1000
+    max_subscriptions: int = 100
+    probe_interval: float = 5.0
+    poll_interval: float = 1.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            parsed = _PARSERS[field.name](getattr(self, field.name), f"Settings.{field.name}")
+            # Normalise (list -> tuple, "INFO" -> "info") without giving up frozenness.
+            object.__setattr__(self, field.name, parsed)
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as a dict that is safe to log: the database password is ``***``."""
+        values = dataclasses.asdict(self)
+        if self.database_url is not None:
+            values["database_url"] = redact_url(self.database_url)
+        return values
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.redacted().items())
+        return f"Settings({fields})"
+
+    def allows_channel(self, channel: str) -> bool:
+        """Whether raw NOTIFY ``channel`` matches one of the allowed ``channels`` patterns."""
+        return any(_channel_matches(pattern, channel) for pattern in self.channels)
+
+
+def _channel_matches(pattern: str, channel: str) -> bool:
+    # Patterns only hold [A-Za-z0-9_*], so '*' is the only metacharacter and the match is
+    # case-sensitive, like PostgreSQL's quoted channel names (fnmatch would fold case on Windows).
+    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+    return re.fullmatch(regex, channel) is not None
+
+
+_FIELDS = tuple(_PARSERS)
+
+
+def _unknown_key(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _FIELDS, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known settings: {', '.join(_FIELDS)}"
+    return ConfigError(f"unknown setting {key!r} in {where}", hint=hint)
+
+
+def find_config_file(
+    config_file: Path | None = None, *, env: Mapping[str, str] | None = None
+) -> Path | None:
+    """The TOML file to read: ``config_file``, else ``$PGCAST_CONFIG``, else ``./pgcast.toml``.
+
+    An explicitly named file that does not exist is an error; a missing ``./pgcast.toml`` is not.
+    """
+    environ = os.environ if env is None else env
+    if config_file is not None:
+        path, label = Path(config_file), "config file"
+    elif environ.get("PGCAST_CONFIG"):
+        path, label = Path(environ["PGCAST_CONFIG"]), "PGCAST_CONFIG"
+    else:
+        default = Path("pgcast.toml")
+        return default if default.is_file() else None
+    if not path.is_file():
+        raise ConfigError(f"{label} {str(path)!r} does not exist or is not a file")
+    return path
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as file:
+            document = tomllib.load(file)
+    except tomllib.TOMLDecodeError as err:
+        # The message ends with "(at line N, column M)".
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({err.reason})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+
+    for key, value in document.items():
+        # Other top-level tables ([auth], ...) belong to other parts of pgcast.
+        if key != TOML_TABLE and not isinstance(value, dict):
+            hint = f"put settings under a [{TOML_TABLE}] table"
+            close = difflib.get_close_matches(key, _FIELDS, n=1)
+            if close:
+                hint = f"put {close[0]!r} under a [{TOML_TABLE}] table"
+            raise ConfigError(f"{path}: top-level key {key!r} is not a setting", hint=hint)
+    table = document.get(TOML_TABLE, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: {TOML_TABLE!r} must be a table ([{TOML_TABLE}])")
+    for key in table:
+        if key not in _PARSERS:
+            raise _unknown_key(key, f"{path} [{TOML_TABLE}]")
+    return dict(table)
+
+
+def load_settings(
+    flags: Mapping[str, object | None] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Build ``Settings`` from flags > ``PGCAST_*`` env > ``DATABASE_URL`` > TOML > defaults.
+
+    ``flags`` keys are ``Settings`` field names (an unknown key is a ``ConfigError``); a value
+    of ``None`` means the flag was not given. ``env`` defaults to ``os.environ``; an empty
+    environment variable counts as unset. Raises ``ConfigError`` for any invalid value.
+    """
+    environ = os.environ if env is None else env
+    chosen: dict[str, tuple[object, str]] = {}  # field -> (raw value, label for errors)
+
+    path = find_config_file(config_file, env=environ)
+    if path is not None:
+        for key, value in _read_toml(path).items():
+            chosen[key] = (value, f"{path}: {key}")
+
+    if environ.get("DATABASE_URL"):
+        chosen["database_url"] = (environ["DATABASE_URL"], "DATABASE_URL")
+
+    for name in _FIELDS:
+        var = ENV_PREFIX + name.upper()
+        if environ.get(var):
+            chosen[name] = (environ[var], var)
+
+    for name, value in (flags or {}).items():
+        if name not in _PARSERS:
+            raise _unknown_key(name, "flags")
+        if value is not None:
+            chosen[name] = (value, "--" + name.replace("_", "-"))
+
+    parsed = {name: _PARSERS[name](value, label) for name, (value, label) in chosen.items()}
+    return Settings(**parsed)
