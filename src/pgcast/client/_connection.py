@@ -1,0 +1,782 @@
+"""The asyncio pgcast client: one WebSocket, reconnects, resumable subscriptions.
+
+A :class:`Client` owns one background task that connects, waits for ``welcome``,
+resubscribes everything, then reads frames and sends heartbeats until the
+connection ends; it then reconnects with :func:`pgcast.backoff.backoff` (reset
+after every ``welcome``) unless the close code says not to. Every task it starts
+is referenced and cancelled on close.
+
+A :class:`Subscription` (table or raw channel) is an async context manager and an
+async iterator of the frames addressed to it. Table subscriptions remember the
+last change id they delivered, resume from it after a reconnect, and drop the
+replayed ids they already delivered (:class:`~pgcast.client._protocol.RecentIds`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from pgcast.backoff import backoff
+from pgcast.client._protocol import (
+    CloseAction,
+    RecentIds,
+    close_action,
+    encode,
+    normalize_url,
+    subscribe_frame,
+)
+from pgcast.exceptions import PgcastError
+
+__all__ = [
+    "Client",
+    "ClientClosed",
+    "ClientError",
+    "ClientStatus",
+    "ConnectionRejected",
+    "FrameTooBig",
+    "Subscription",
+    "SubscriptionRefused",
+    "SubscriptionState",
+    "connect",
+]
+
+logger = logging.getLogger("pgcast.client")
+
+_PING = encode({"type": "ping"})
+_CLOSE_MEANINGS = {
+    4500: "protocol violation",
+    4501: "unauthorized",
+    4502: "forbidden",
+    4503: "token expired",
+}
+
+
+# -- errors -------------------------------------------------------------------------
+
+
+class ClientError(PgcastError):
+    """Base class of the errors the Python client raises."""
+
+
+class SubscriptionRefused(ClientError):
+    """The gateway answered a ``subscribe`` with ``error``; it is not retried."""
+
+    def __init__(self, code: str, message: str, *, target: str) -> None:
+        hint = {
+            "bad_filter": "check the filter syntax, e.g. status=eq.pending&amount=gt.100",
+            "forbidden": "the token does not allow this table or channel",
+        }.get(code)
+        super().__init__(f"subscription to {target} refused: {code}: {message}", hint=hint)
+        self.code = code
+        self.target = target
+
+
+class ConnectionRejected(ClientError):
+    """The gateway closed with a do-not-reconnect code (4500-4999) or refused the
+    handshake (HTTP 401/403, reported as 4501/4502). The client is closed."""
+
+    def __init__(self, code: int, reason: str, *, http_status: int | None = None) -> None:
+        meaning = _CLOSE_MEANINGS.get(code, "do not reconnect")
+        detail = f"HTTP {http_status}" if http_status is not None else f"close code {code}"
+        message = f"gateway rejected the connection ({detail}, {meaning})"
+        if reason:
+            message += f": {reason}"
+        hint = "pass a valid token" if code in (4501, 4503) else None
+        super().__init__(message, hint=hint)
+        self.code = code
+        self.reason = reason
+        self.http_status = http_status
+
+
+class FrameTooBig(ClientError):
+    """The gateway closed with 1009 while this subscribe was unanswered: the
+    subscribe frame is too big and is not resent."""
+
+
+class ClientClosed(ClientError):
+    """The client was closed; it cannot subscribe any more."""
+
+
+# -- states -------------------------------------------------------------------------
+
+
+class ClientStatus(enum.StrEnum):
+    """Connection status; compares equal to its string value."""
+
+    CONNECTING = "connecting"
+    """Opening the WebSocket or waiting for ``welcome``."""
+    LIVE = "live"
+    """``welcome`` received; subscriptions are (re)sent and served."""
+    OFFLINE = "offline"
+    """Disconnected, waiting for the next reconnect attempt."""
+    CLOSED = "closed"
+    """Closed by the caller or by a do-not-reconnect close code. Final."""
+
+
+class SubscriptionState(enum.StrEnum):
+    NEW = "new"
+    """Created, not entered yet."""
+    PENDING = "pending"
+    """Entered; the gateway has not accepted it yet."""
+    LIVE = "live"
+    """Accepted (``subscribed``, or a replayed change/resync arrived first)."""
+    SUSPENDED = "suspended"
+    """The consumer fell behind: unsubscribed until it drains half of its queue."""
+    CLOSED = "closed"
+    """Exited, or the client closed. Final."""
+    FAILED = "failed"
+    """Refused or the connection was rejected; iteration raises. Final."""
+
+
+# -- subscriptions ------------------------------------------------------------------
+
+
+class Subscription:
+    """One table or channel subscription: ``async with`` it, then ``async for`` it.
+
+    Iteration yields the frames addressed to this subscription, as dicts exactly
+    as received: ``change`` frames for a table (``message`` frames for a channel)
+    and ``resync`` frames, which mean the gateway's change log no longer covers the
+    resume position: refetch the table, then keep consuming. Check ``frame["type"]``.
+
+    Slow consumers: at most ``queue_size`` frames are buffered. When a table
+    subscription's buffer is full it is *suspended*: further changes are dropped
+    and it is unsubscribed; once the consumer has drained half of the buffer it
+    resubscribes with ``since`` = the last buffered id, so nothing is lost and
+    memory stays bounded. Raw channel messages cannot be replayed (NOTIFY has no
+    log): when the buffer is full new messages are dropped and counted in
+    :attr:`dropped`. Channel messages sent while disconnected are lost too.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        key: str,
+        request: dict[str, Any],
+        *,
+        since: str | None,
+        queue_size: int,
+        dedupe_window: int,
+    ) -> None:
+        self._client = client
+        self.id = key
+        """Client-side id; wire ids are ``id``, then ``id-2``, ``id-3``... per resubscribe."""
+        self._request = request
+        self.is_channel = "channel" in request
+        self.target = (
+            f"channel {request['channel']}"
+            if self.is_channel
+            else f"{request.get('schema') or 'public'}.{request['table']}"
+        )
+        self.state = SubscriptionState.NEW
+        self.last_id: str | None = None
+        """The id of the last change this subscription delivered (buffered)."""
+        self.resume_from: str | None = since
+        """Where to resume when no change was delivered yet: ``since``, else the
+        ``welcome`` position of the connection it was first sent on."""
+        self.dropped = 0
+        """Channel messages dropped because the consumer was too slow."""
+        self.duplicates = 0
+        """Replayed change ids dropped because they were already delivered."""
+        self.wire_id: str | None = None
+        self._attempt = 0
+        self._seen = RecentIds(dedupe_window)
+        self._buffer: deque[dict[str, Any]] = deque()
+        self._queue_size = queue_size
+        self._wakeup = asyncio.Event()
+        self._accepted = asyncio.Event()
+        self._error: ClientError | None = None
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.id} {self.target} {self.state.value}>"
+
+    # -- caller side
+
+    async def __aenter__(self) -> Self:
+        if self.state is not SubscriptionState.NEW:
+            raise ClientError(f"subscription {self.id} is {self.state.value}; expected new")
+        self.state = SubscriptionState.PENDING
+        await self._client._register(self)
+        await self._accepted.wait()
+        if self._error is not None:
+            raise self._error
+        if self.state is SubscriptionState.CLOSED:
+            raise ClientClosed(f"the client closed before {self.target} was subscribed")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._client._unregister(self)
+        self._end(SubscriptionState.CLOSED)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self.state is SubscriptionState.NEW:
+            raise ClientError(
+                f"subscription {self.id} is new; expected entered",
+                hint="use `async with client.subscribe(...) as sub:` before iterating",
+            )
+        while True:
+            if self._buffer:
+                frame = self._buffer.popleft()
+                if (
+                    self.state is SubscriptionState.SUSPENDED
+                    and len(self._buffer) <= self._queue_size // 2
+                ):
+                    self.state = SubscriptionState.LIVE
+                    await self._client._resubscribe(self)
+                return frame
+            if self._error is not None:
+                raise self._error
+            if self.state is SubscriptionState.CLOSED:
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    # -- client side (called by the reader)
+
+    def _next_wire_id(self) -> str:
+        self._attempt += 1
+        self.wire_id = self.id if self._attempt == 1 else f"{self.id}-{self._attempt}"
+        return self.wire_id
+
+    def _subscribe_frame(self, wire_id: str) -> dict[str, Any]:
+        since = None if self.is_channel else (self.last_id or self.resume_from)
+        return subscribe_frame(wire_id, **self._request, since=since)
+
+    def _accept(self) -> None:
+        if self.state is SubscriptionState.PENDING:
+            self.state = SubscriptionState.LIVE
+        self._accepted.set()
+
+    def _push(self, frame: dict[str, Any]) -> None:
+        self._buffer.append(frame)
+        self._wakeup.set()
+
+    def _on_change(self, frame: dict[str, Any]) -> bool:
+        """Buffer a change unless already seen; True if the buffer overflowed."""
+        if self.state is SubscriptionState.SUSPENDED:
+            return False  # will be replayed after the resubscribe
+        self._accept()
+        raw_id = frame.get("id")
+        change_id = str(raw_id) if raw_id is not None else None
+        if change_id is not None and change_id in self._seen:
+            self.duplicates += 1
+            return False
+        if len(self._buffer) >= self._queue_size:
+            self.state = SubscriptionState.SUSPENDED
+            return True
+        if change_id is not None:
+            self._seen.add(change_id)
+            self.last_id = change_id
+        self._push(frame)
+        return False
+
+    def _on_message(self, frame: dict[str, Any]) -> None:
+        self._accept()
+        if len(self._buffer) >= self._queue_size:
+            if self.dropped == 0:
+                logger.warning("%s: consumer too slow, dropping channel messages", self.target)
+            self.dropped += 1
+            return
+        self._push(frame)
+
+    def _on_resync(self, frame: dict[str, Any]) -> None:
+        if self.state is SubscriptionState.SUSPENDED:
+            return  # the resubscribe will get its own resync
+        self._accept()
+        # Beyond queue_size on purpose: a resync must never be lost, and there is
+        # at most one per subscribe.
+        self._push(frame)
+
+    def _fail(self, error: ClientError) -> None:
+        if self.state in (SubscriptionState.CLOSED, SubscriptionState.FAILED):
+            return
+        self._error = error
+        self.state = SubscriptionState.FAILED
+        self._accepted.set()
+        self._wakeup.set()
+
+    def _end(self, state: SubscriptionState) -> None:
+        if self.state is not SubscriptionState.FAILED:
+            self.state = state
+        self._accepted.set()
+        self._wakeup.set()
+
+
+# -- client -------------------------------------------------------------------------
+
+
+class Client:
+    """A pgcast gateway connection that reconnects and resumes by itself.
+
+    Use :func:`connect`. Options (keyword-only):
+
+    ``ping_interval`` / ``ping_timeout``: every ``ping_interval`` seconds send
+    ``{"type":"ping"}``; if nothing (a ``pong`` or any other frame, which proves the
+    link is alive just as well when the gateway is busy) arrives within
+    ``ping_timeout`` the connection is dropped and re-established.
+    ``queue_size``: frames buffered per subscription (see :class:`Subscription`).
+    ``dedupe_window``: change ids remembered per subscription to drop replays.
+    ``backoff_factory``: returns a fresh delay iterator; called after every
+    ``welcome`` (reset) and at the first failure.
+    ``max_size``: largest frame accepted (large row changes are delivered whole).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        ping_interval: float = 20.0,
+        ping_timeout: float = 10.0,
+        open_timeout: float = 10.0,
+        close_timeout: float = 2.0,
+        queue_size: int = 1000,
+        dedupe_window: int = 10_000,
+        max_size: int | None = 64 * 1024 * 1024,
+        backoff_factory: Callable[[], Iterator[float]] = backoff,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size!r}")
+        self.url = normalize_url(url)
+        self._token = token
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
+        self._queue_size = queue_size
+        self._dedupe_window = dedupe_window
+        self._max_size = max_size
+        self._backoff_factory = backoff_factory
+        self._delays: Iterator[float] | None = None
+        self._status = ClientStatus.CONNECTING
+        self._status_changed = asyncio.Event()
+        self._started = False
+        self._closing = False
+        self._run_task: asyncio.Task[None] | None = None
+        self._ws: ClientConnection | None = None
+        self._activity = asyncio.Event()
+        self._subs: dict[str, Subscription] = {}
+        self._by_wire: dict[str, Subscription] = {}
+        self._counter = 0
+        self._position: str | None = None
+        self._connection_position: str | None = None
+        self.error: ClientError | None = None
+        """Why the client closed by itself (a do-not-reconnect close), else None."""
+
+    # -- public API
+
+    @property
+    def status(self) -> ClientStatus:
+        """``connecting`` | ``live`` | ``offline`` | ``closed``."""
+        return self._status
+
+    @property
+    def position(self) -> str | None:
+        """The change-log position announced by the first ``welcome``."""
+        return self._position
+
+    async def wait_status(self, *statuses: ClientStatus | str) -> ClientStatus:
+        """Wait until the status is one of ``statuses``; return it."""
+        wanted = {ClientStatus(status) for status in statuses}
+        while self._status not in wanted:
+            self._status_changed.clear()
+            await self._status_changed.wait()
+        return self._status
+
+    def subscribe(
+        self,
+        table: str,
+        *,
+        filter: str | None = None,
+        events: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
+        schema: str | None = None,
+        since: str | int | None = None,
+    ) -> Subscription:
+        """A table subscription; ``async with`` it (waits until the gateway accepts
+        it, raises :class:`SubscriptionRefused` if it refuses), then iterate."""
+        request: dict[str, Any] = {"table": table, "schema": schema, "filter": filter}
+        request["events"] = list(events) if events is not None else None
+        request["columns"] = list(columns) if columns is not None else None
+        return self._new_subscription("s", request, None if since is None else str(since))
+
+    def channel(self, name: str) -> Subscription:
+        """A raw NOTIFY channel subscription, yielding ``message`` frames."""
+        return self._new_subscription("c", {"channel": name}, None)
+
+    async def start(self) -> None:
+        """Start connecting in the background (``async with`` does this)."""
+        if self._started:
+            return
+        self._started = True
+        self._run_task = asyncio.create_task(self._run(), name=f"pgcast-client {self.url}")
+
+    async def close(self) -> None:
+        """Close the connection, end every subscription and cancel every task."""
+        self._closing = True
+        ws = self._ws
+        if ws is not None:
+            # Graceful close first; the reader then sees the end and the run loop,
+            # seeing _closing, stops instead of reconnecting.
+            with contextlib.suppress(Exception):
+                await ws.close()
+        task, self._run_task = self._run_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._set_status(ClientStatus.CLOSED)
+        for sub in list(self._subs.values()):
+            sub._end(SubscriptionState.CLOSED)
+        self._subs.clear()
+        self._by_wire.clear()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- subscriptions
+
+    def _new_subscription(
+        self, prefix: str, request: dict[str, Any], since: str | None
+    ) -> Subscription:
+        self._counter += 1
+        return Subscription(
+            self,
+            f"{prefix}{self._counter}",
+            request,
+            since=since,
+            queue_size=self._queue_size,
+            dedupe_window=self._dedupe_window,
+        )
+
+    async def _register(self, sub: Subscription) -> None:
+        if self._status is ClientStatus.CLOSED or self._closing:
+            sub._fail(self.error or ClientClosed("the client is closed"))
+            return
+        if not self._started:
+            sub._fail(
+                ClientError(
+                    "the client is not started; expected started",
+                    hint="use `async with pgcast.client.connect(url) as client:`",
+                )
+            )
+            return
+        self._subs[sub.id] = sub
+        if self._status is ClientStatus.LIVE and self._ws is not None:
+            await self._send_subscribe(sub, self._ws)
+        # Otherwise the next welcome sends it.
+
+    async def _unregister(self, sub: Subscription) -> None:
+        self._subs.pop(sub.id, None)
+        wire_id = sub.wire_id
+        if wire_id is None or self._by_wire.get(wire_id) is not sub:
+            return  # never sent on this connection, or already unsubscribed
+        del self._by_wire[wire_id]
+        ws = self._ws
+        if ws is not None and self._status is ClientStatus.LIVE:
+            await self._send_quietly(ws, {"type": "unsubscribe", "id": wire_id})
+
+    async def _resubscribe(self, sub: Subscription) -> None:
+        if sub.id in self._subs and self._status is ClientStatus.LIVE and self._ws is not None:
+            await self._send_subscribe(sub, self._ws)
+
+    async def _send_subscribe(self, sub: Subscription, ws: ClientConnection) -> None:
+        wire_id = sub._next_wire_id()
+        frame = sub._subscribe_frame(wire_id)
+        if not sub.is_channel and sub.resume_from is None and sub.last_id is None:
+            # Sent live (no since); if we reconnect before its first change, resume
+            # from here so nothing committed while disconnected is skipped.
+            sub.resume_from = self._connection_position
+        self._by_wire[wire_id] = sub
+        await self._send_quietly(ws, frame)
+
+    async def _send_quietly(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+        # A failed send means the connection is going away; the reader reports the
+        # close and the reconnect resends whatever is still needed.
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            await asyncio.wait_for(ws.send(encode(message)), self._close_timeout)
+
+    # -- connection loop
+
+    def _set_status(self, status: ClientStatus) -> None:
+        if self._status is ClientStatus.CLOSED:
+            return  # final
+        self._status = status
+        self._status_changed.set()
+
+    async def _run(self) -> None:
+        try:
+            while not self._closing:
+                self._set_status(ClientStatus.CONNECTING)
+                rejected = await self._connect_once()
+                if self._closing:
+                    return
+                if rejected is not None:
+                    self._terminate(rejected)
+                    return
+                self._set_status(ClientStatus.OFFLINE)
+                if self._delays is None:
+                    self._delays = self._backoff_factory()
+                delay = next(self._delays)
+                logger.info("reconnecting to %s in %.2fs", self.url, delay)
+                await asyncio.sleep(delay)
+        except Exception as exc:  # a bug: surface it rather than loop on it
+            logger.exception("pgcast client crashed")
+            error = ClientError(f"pgcast client crashed: {exc!r}")
+            error.__cause__ = exc
+            self._terminate(error)
+
+    def _terminate(self, error: ClientError) -> None:
+        logger.error("%s", error)
+        self.error = error
+        self._set_status(ClientStatus.CLOSED)
+        for sub in list(self._subs.values()):
+            sub._fail(error)
+        self._subs.clear()
+        self._by_wire.clear()
+
+    async def _connect_once(self) -> ConnectionRejected | None:
+        """One connection, start to end. A rejection, or None to reconnect."""
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
+        try:
+            ws = await ws_connect(
+                self.url,
+                additional_headers=headers,
+                open_timeout=self._open_timeout,
+                close_timeout=self._close_timeout,
+                ping_interval=None,  # application-level ping/pong, see _heartbeat
+                max_size=self._max_size,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                code = 4501 if status == 401 else 4502
+                reason = (
+                    exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
+                )
+                return ConnectionRejected(code, reason, http_status=status)
+            logger.warning("connecting to %s failed: %s", self.url, exc)
+            return None
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            logger.warning("connecting to %s failed: %s", self.url, exc)
+            return None
+        try:
+            return await self._serve(ws)
+        finally:
+            self._ws = None
+            self._by_wire.clear()
+            if ws.transport is not None and not ws.transport.is_closing():
+                ws.transport.abort()
+
+    async def _serve(self, ws: ClientConnection) -> ConnectionRejected | None:
+        try:
+            raw = await asyncio.wait_for(ws.recv(), self._open_timeout)
+        except TimeoutError:
+            logger.warning("no welcome from %s within %ss", self.url, self._open_timeout)
+            return None
+        except ConnectionClosed as exc:
+            return self._after_close(ws, *_server_close(exc))
+        welcome = _decode(raw)
+        if welcome is None or welcome.get("type") != "welcome":
+            logger.warning("expected welcome from %s, got %r", self.url, raw)
+            return None
+        position = welcome.get("position")
+        position = None if position is None else str(position)
+        if self._position is None:
+            self._position = position
+        self._connection_position = position
+        self._delays = None  # reset the backoff after a successful welcome
+        self._ws = ws
+        # Snapshot in the same step as going live: a subscription registered from
+        # now on sees LIVE and sends itself; one registered before is in the list.
+        self._set_status(ClientStatus.LIVE)
+        resend = [s for s in self._subs.values() if s.state is not SubscriptionState.SUSPENDED]
+        reader = asyncio.create_task(self._read(ws, resend), name="pgcast-client reader")
+        heartbeat = asyncio.create_task(self._heartbeat(ws), name="pgcast-client heartbeat")
+        tasks = {reader, heartbeat}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            # The reader's close code wins if both finished.
+            finished = reader if reader in done else heartbeat
+            code, reason = finished.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return self._after_close(ws, code, reason)
+
+    def _after_close(
+        self, ws: ClientConnection, code: int | None, reason: str
+    ) -> ConnectionRejected | None:
+        action = close_action(code)
+        if action is CloseAction.TERMINAL:
+            assert code is not None
+            return ConnectionRejected(code, reason)
+        if action is CloseAction.FRAME_TOO_BIG:
+            for sub in list(self._subs.values()):
+                sent_here = sub.wire_id is not None and self._by_wire.get(sub.wire_id) is sub
+                if sent_here and not sub._accepted.is_set():
+                    self._subs.pop(sub.id, None)
+                    sub._fail(
+                        FrameTooBig(
+                            f"subscription to {sub.target}: the gateway refused the "
+                            "subscribe frame as too big (close 1009)",
+                            hint="use a shorter filter or fewer columns",
+                        )
+                    )
+        if not self._closing:
+            logger.info("connection to %s closed (code %s %s)", self.url, code, reason)
+        return None
+
+    async def _read(
+        self, ws: ClientConnection, resend: list[Subscription]
+    ) -> tuple[int | None, str]:
+        try:
+            for sub in resend:
+                await self._send_subscribe(sub, ws)
+            while True:
+                raw = await ws.recv()
+                self._activity.set()
+                frame = _decode(raw)
+                if frame is None:
+                    logger.warning("ignoring malformed frame from gateway: %r", raw[:200])
+                    continue
+                await self._dispatch(frame, ws)
+        except ConnectionClosed as exc:
+            return _server_close(exc)
+
+    async def _heartbeat(self, ws: ClientConnection) -> tuple[int | None, str]:
+        try:
+            while True:
+                await asyncio.sleep(self._ping_interval)
+                self._activity.clear()
+                await ws.send(_PING)
+                try:
+                    await asyncio.wait_for(self._activity.wait(), self._ping_timeout)
+                except TimeoutError:
+                    logger.warning(
+                        "no pong from %s within %ss; reconnecting", self.url, self._ping_timeout
+                    )
+                    return None, "heartbeat timeout"
+        except ConnectionClosed as exc:
+            return _server_close(exc)
+
+    async def _dispatch(self, frame: dict[str, Any], ws: ClientConnection) -> None:
+        kind = frame.get("type")
+        if kind in ("change", "message", "resync"):
+            sub = self._by_wire.get(str(frame.get("sub")))
+            if sub is None:
+                return  # for a subscription already unsubscribed: ignore
+            if kind == "change":
+                if sub._on_change(frame) and sub.wire_id is not None:
+                    # Overflow: stop the stream; the consumer resubscribes from
+                    # the last buffered id once it has caught up.
+                    self._by_wire.pop(sub.wire_id, None)
+                    logger.warning("%s: consumer too slow, pausing until it catches up", sub.target)
+                    await self._send_quietly(ws, {"type": "unsubscribe", "id": sub.wire_id})
+            elif kind == "message":
+                sub._on_message(frame)
+            else:
+                sub._on_resync(frame)
+        elif kind == "subscribed":
+            sub = self._by_wire.get(str(frame.get("id")))
+            if sub is not None:
+                sub._accept()
+        elif kind == "error":
+            self._on_error(frame)
+        # pong, unsubscribed, welcome (again) and unknown types: nothing to do.
+
+    def _on_error(self, frame: dict[str, Any]) -> None:
+        code = str(frame.get("code") or "error")
+        message = str(frame.get("message") or "")
+        wire_id = frame.get("id")
+        sub = self._by_wire.pop(str(wire_id), None) if wire_id is not None else None
+        if sub is None:
+            logger.warning("gateway error %s: %s", code, message)
+            return
+        self._subs.pop(sub.id, None)
+        sub._fail(SubscriptionRefused(code, message, target=sub.target))
+
+
+def _decode(raw: str | bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _server_close(exc: ConnectionClosed) -> tuple[int | None, str]:
+    """The close code the gateway chose, or None if it chose none.
+
+    A close we initiated (e.g. 1009 because a frame from the gateway exceeded
+    max_size) is not the gateway's verdict, so it is reported as None (reconnect).
+    """
+    received, sent = exc.rcvd, exc.sent
+    if received is None:
+        return None, ""
+    if sent is not None and not exc.rcvd_then_sent:
+        return None, received.reason
+    return received.code, received.reason
+
+
+def connect(
+    url: str,
+    token: str | None = None,
+    *,
+    ping_interval: float = 20.0,
+    ping_timeout: float = 10.0,
+    open_timeout: float = 10.0,
+    close_timeout: float = 2.0,
+    queue_size: int = 1000,
+    dedupe_window: int = 10_000,
+    max_size: int | None = 64 * 1024 * 1024,
+    backoff_factory: Callable[[], Iterator[float]] = backoff,
+) -> Client:
+    """A :class:`Client` for the gateway at ``url``; use it with ``async with``.
+
+    ``url`` may omit the ``/ws`` path. ``token`` is sent as ``Authorization:
+    Bearer``. The other options are documented on :class:`Client`.
+    Entering does not wait for the connection: subscribing does.
+    """
+    return Client(
+        url,
+        token=token,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        open_timeout=open_timeout,
+        close_timeout=close_timeout,
+        queue_size=queue_size,
+        dedupe_window=dedupe_window,
+        max_size=max_size,
+        backoff_factory=backoff_factory,
+    )
