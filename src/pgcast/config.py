@@ -145,7 +145,8 @@ def _parse_host(value: object, label: str) -> str:
 
 
 def _parse_port(value: object, label: str) -> int:
-    return _parse_int(value, label, "is not a valid port (1-65535)", 1, 65535)
+    # 0 asks the OS for a free port (tests, ephemeral gateways).
+    return _parse_int(value, label, "is not a valid port (0-65535)", 0, 65535)
 
 
 def _parse_channels(value: object, label: str) -> tuple[str, ...]:

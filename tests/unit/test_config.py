@@ -205,9 +205,9 @@ def test_missing_named_config_file_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"PGCAST_PORT": "abc"}, "PGCAST_PORT='abc' is not a valid port (1-65535)"),
-        ({"PGCAST_PORT": "-1"}, "PGCAST_PORT='-1' is not a valid port (1-65535)"),
-        ({"PGCAST_PORT": "0"}, "PGCAST_PORT='0' is not a valid port"),
+        ({"PGCAST_PORT": "abc"}, "PGCAST_PORT='abc' is not a valid port (0-65535)"),
+        ({"PGCAST_PORT": "-1"}, "PGCAST_PORT='-1' is not a valid port (0-65535)"),
+        ({"PGCAST_PORT": "65536"}, "PGCAST_PORT='65536' is not a valid port"),
         ({"PGCAST_PORT": "65536"}, "PGCAST_PORT='65536' is not a valid port"),
         ({"PGCAST_PORT": "80.5"}, "PGCAST_PORT='80.5' is not a valid port"),
         ({"PGCAST_RETENTION": "forever"}, "PGCAST_RETENTION='forever' is not a valid retention"),

@@ -1,0 +1,160 @@
+"""The change event: one captured row change, and its wire encoding.
+
+A change is encoded once per distinct column projection and the bytes are shared by
+every subscriber it is delivered to; only the short ``{"type":"change","sub":...,``
+prefix differs per subscription. Row images arrive from PostgreSQL as JSON text and
+are spliced into the encoding untouched; they are parsed lazily, only when a filter
+needs a value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+OPS = frozenset({"INSERT", "UPDATE", "DELETE", "TRUNCATE"})
+
+Row = dict[str, Any]
+
+
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # orjson rejects integers beyond 64 bits, which numeric columns can hold.
+        import json
+
+        return json.loads(text)
+
+
+class ChangeEvent:
+    """One row change read from the change log (``pgcast.changes``)."""
+
+    __slots__ = (
+        "_bodies",
+        "_old_record",
+        "_record",
+        "changed",
+        "committed_at",
+        "id",
+        "old_record_json",
+        "op",
+        "record_json",
+        "schema",
+        "table",
+        "txid",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: int,
+        schema: str,
+        table: str,
+        op: str,
+        record_json: str | None,
+        old_record_json: str | None,
+        changed: list[str] | None,
+        txid: int,
+        committed_at: str,
+    ) -> None:
+        self.id = id
+        self.schema = schema
+        self.table = table
+        self.op = op
+        self.record_json = record_json
+        self.old_record_json = old_record_json
+        self.changed = changed
+        self.txid = txid
+        self.committed_at = committed_at
+        self._record: Row | None = None
+        self._old_record: Row | None = None
+        self._bodies: dict[frozenset[str] | None, bytes] = {}
+
+    @classmethod
+    def from_dicts(
+        cls,
+        *,
+        id: int,
+        schema: str,
+        table: str,
+        op: str,
+        record: Row | None,
+        old_record: Row | None = None,
+        changed: list[str] | None = None,
+        txid: int = 0,
+        committed_at: str = "1970-01-01T00:00:00.000Z",
+    ) -> ChangeEvent:
+        """Build an event from Python dicts (tests, fakes)."""
+        return cls(
+            id=id,
+            schema=schema,
+            table=table,
+            op=op,
+            record_json=None if record is None else orjson.dumps(record).decode(),
+            old_record_json=None if old_record is None else orjson.dumps(old_record).decode(),
+            changed=changed,
+            txid=txid,
+            committed_at=committed_at,
+        )
+
+    @property
+    def record(self) -> Row | None:
+        """The new row image (INSERT, UPDATE), parsed on first use."""
+        if self._record is None and self.record_json is not None:
+            self._record = _loads(self.record_json)
+        return self._record
+
+    @property
+    def old_record(self) -> Row | None:
+        """The old row image (UPDATE, DELETE), parsed on first use."""
+        if self._old_record is None and self.old_record_json is not None:
+            self._old_record = _loads(self.old_record_json)
+        return self._old_record
+
+    def body(self, columns: frozenset[str] | None = None) -> bytes:
+        """The encoded event after the ``sub`` field: ``"id":...}``, cached per projection.
+
+        Concatenate ``subscription_prefix(sub) + body`` to get a complete message.
+        """
+        cached = self._bodies.get(columns)
+        if cached is not None:
+            return cached
+        if columns is None:
+            record = self.record_json or "null"
+            old_record = self.old_record_json or "null"
+        else:
+            record = _project(self.record, columns)
+            old_record = _project(self.old_record, columns)
+        changed = orjson.dumps(self.changed).decode()
+        encoded = (
+            f'"id":"{self.id}","schema":{_str(self.schema)},"table":{_str(self.table)},'
+            f'"op":"{self.op}","record":{record},"old_record":{old_record},'
+            f'"changed":{changed},"txid":"{self.txid}","committed_at":"{self.committed_at}"}}'
+        ).encode()
+        self._bodies[columns] = encoded
+        return encoded
+
+    def to_message(self, sub: str, columns: frozenset[str] | None = None) -> dict[str, Any]:
+        """The decoded wire message, as a subscriber receives it (tests, SSE, hooks)."""
+        decoded: dict[str, Any] = orjson.loads(subscription_prefix(sub) + self.body(columns))
+        return decoded
+
+    def __repr__(self) -> str:
+        return f"<ChangeEvent {self.id} {self.op} {self.schema}.{self.table}>"
+
+
+def _str(value: str) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _project(row: Row | None, columns: frozenset[str]) -> str:
+    if row is None:
+        return "null"
+    return orjson.dumps({k: v for k, v in row.items() if k in columns}).decode()
+
+
+def subscription_prefix(sub: str) -> bytes:
+    """The per-subscription start of a change message: ``{"type":"change","sub":"s1",``."""
+    return b'{"type":"change","sub":' + orjson.dumps(sub) + b","

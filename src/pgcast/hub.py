@@ -1,0 +1,233 @@
+"""The hub: which subscriptions does a change (or a channel message) go to?
+
+Pure and synchronous. Subscriptions are indexed by table; within a table, a
+subscription whose filter has an un-negated ``eq`` condition is indexed by that
+column's value, so the cost of routing a change depends on the number of
+subscriptions it could match, not on the number of subscriptions to the table.
+
+An UPDATE matches a filter when the new row OR the old row matches it, so a
+subscriber learns that a row left its filter (its mirror then drops the row). A
+DELETE is matched on the old row. A TRUNCATE reaches every subscription of the table
+that wants TRUNCATE events, whatever its filter.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from typing import Any
+
+from .events import ChangeEvent, Row, subscription_prefix
+from .filters import Filter, value_key
+from .protocol import channel_message_prefix
+
+TableKey = tuple[str, str]
+
+
+class SubscriptionState(enum.Enum):
+    CATCHING_UP = "catching_up"  # registered; live changes are buffered while a replay runs
+    LIVE = "live"
+    CLOSED = "closed"
+
+
+class Subscription:
+    """One client subscription to a table's changes or to a raw channel."""
+
+    __slots__ = (
+        "buffer",
+        "channel",
+        "columns",
+        "events",
+        "filter",
+        "id",
+        "index_column",
+        "owner",
+        "prefix",
+        "schema",
+        "state",
+        "table",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        owner: Any,
+        *,
+        schema: str = "",
+        table: str = "",
+        channel: str | None = None,
+        events: frozenset[str] = frozenset(),
+        filter: Filter = Filter(),
+        columns: frozenset[str] | None = None,
+    ) -> None:
+        self.id = id
+        self.owner = owner
+        self.schema = schema
+        self.table = table
+        self.channel = channel
+        self.events = events
+        self.filter = filter
+        self.columns = columns
+        self.prefix = channel_message_prefix(id) if channel else subscription_prefix(id)
+        self.state = SubscriptionState.LIVE
+        self.buffer: list[ChangeEvent] | None = None
+        condition = filter.index_condition()
+        self.index_column = condition.column if condition else None
+
+    def begin_catch_up(self) -> None:
+        """Buffer live changes until the replay is done (see finish_catch_up)."""
+        self._expect(SubscriptionState.LIVE)
+        self.state = SubscriptionState.CATCHING_UP
+        self.buffer = []
+
+    def finish_catch_up(self, replayed_ids: set[int]) -> list[ChangeEvent]:
+        """Go live; return the buffered changes that the replay did not already send."""
+        self._expect(SubscriptionState.CATCHING_UP)
+        buffered = self.buffer or []
+        self.buffer = None
+        self.state = SubscriptionState.LIVE
+        return [change for change in buffered if change.id not in replayed_ids]
+
+    def close(self) -> None:
+        self.state = SubscriptionState.CLOSED
+        self.buffer = None
+
+    def _expect(self, state: SubscriptionState) -> None:
+        if self.state is not state:
+            raise RuntimeError(
+                f"subscription {self.id!r} is {self.state.value}, expected {state.value}"
+            )
+
+    def wants(self, change: ChangeEvent) -> bool:
+        """Whether this subscription's events and filter select ``change``."""
+        if change.op not in self.events:
+            return False
+        if not self.filter.conditions or change.op == "TRUNCATE":
+            return True
+        if change.op == "INSERT":
+            return self.filter.matches(change.record)
+        if change.op == "DELETE":
+            return self.filter.matches(change.old_record)
+        return self.filter.matches(change.record) or self.filter.matches(change.old_record)
+
+    def __repr__(self) -> str:
+        target = self.channel or f"{self.schema}.{self.table}"
+        return f"<Subscription {self.id!r} {target} {self.state.value}>"
+
+
+class _TableIndex:
+    __slots__ = ("by_value", "everything", "unindexed")
+
+    def __init__(self) -> None:
+        self.everything: set[Subscription] = set()
+        self.unindexed: set[Subscription] = set()
+        # column -> index key -> subscriptions whose first eq condition is on that column
+        self.by_value: dict[str, dict[Any, set[Subscription]]] = {}
+
+
+class Hub:
+    """Routes changes and channel messages to subscriptions."""
+
+    def __init__(self) -> None:
+        self._tables: dict[TableKey, _TableIndex] = {}
+        self._channels: dict[str, set[Subscription]] = {}
+
+    # tables -----------------------------------------------------------------
+
+    def add(self, sub: Subscription) -> None:
+        """Index a table subscription."""
+        index = self._tables.setdefault((sub.schema, sub.table), _TableIndex())
+        index.everything.add(sub)
+        condition = sub.filter.index_condition()
+        if condition is None:
+            index.unindexed.add(sub)
+            return
+        buckets = index.by_value.setdefault(condition.column, {})
+        for key in condition.index_keys():
+            buckets.setdefault(key, set()).add(sub)
+
+    def remove(self, sub: Subscription) -> None:
+        """Forget a table subscription (no error if it is unknown)."""
+        key = (sub.schema, sub.table)
+        index = self._tables.get(key)
+        if index is None or sub not in index.everything:
+            return
+        index.everything.discard(sub)
+        condition = sub.filter.index_condition()
+        if condition is None:
+            index.unindexed.discard(sub)
+        else:
+            buckets = index.by_value[condition.column]
+            for value in condition.index_keys():
+                bucket = buckets.get(value)
+                if bucket is not None:
+                    bucket.discard(sub)
+                    if not bucket:
+                        del buckets[value]
+            if not buckets:
+                del index.by_value[condition.column]
+        if not index.everything:
+            del self._tables[key]
+
+    def match(self, change: ChangeEvent) -> list[Subscription]:
+        """The subscriptions that must receive ``change``."""
+        index = self._tables.get((change.schema, change.table))
+        if index is None:
+            return []
+        if change.op == "TRUNCATE" or not index.by_value:
+            candidates: set[Subscription] | list[Subscription] = index.everything
+        else:
+            found = set(index.unindexed)
+            for row in _rows(change):
+                for column, buckets in index.by_value.items():
+                    key = value_key(row.get(column))
+                    if key is not None:
+                        bucket = buckets.get(key)
+                        if bucket:
+                            found |= bucket
+            candidates = found
+        return [sub for sub in candidates if sub.wants(change)]
+
+    def tables(self) -> Iterator[TableKey]:
+        return iter(self._tables)
+
+    def subscription_count(self) -> int:
+        tables = sum(len(index.everything) for index in self._tables.values())
+        return tables + sum(len(subs) for subs in self._channels.values())
+
+    # channels ---------------------------------------------------------------
+
+    def add_channel(self, sub: Subscription) -> bool:
+        """Index a channel subscription; True if it is the channel's first (LISTEN it)."""
+        assert sub.channel is not None
+        subs = self._channels.setdefault(sub.channel, set())
+        subs.add(sub)
+        return len(subs) == 1
+
+    def remove_channel(self, sub: Subscription) -> bool:
+        """Forget a channel subscription; True if it was the channel's last (UNLISTEN it)."""
+        assert sub.channel is not None
+        subs = self._channels.get(sub.channel)
+        if subs is None or sub not in subs:
+            return False
+        subs.discard(sub)
+        if subs:
+            return False
+        del self._channels[sub.channel]
+        return True
+
+    def channel_subscribers(self, channel: str) -> set[Subscription]:
+        return self._channels.get(channel, set())
+
+    def channels(self) -> list[str]:
+        return list(self._channels)
+
+
+def _rows(change: ChangeEvent) -> list[Row]:
+    if change.op == "INSERT":
+        rows = [change.record]
+    elif change.op == "DELETE":
+        rows = [change.old_record]
+    else:
+        rows = [change.record, change.old_record]
+    return [row for row in rows if row is not None]

@@ -1,0 +1,226 @@
+"""The LISTEN connection: wake on NOTIFY, read the change log, survive anything.
+
+One dedicated asyncpg connection (never from a pool: a pooled connection is reset
+and loses its LISTENs). A single worker task owns it and does everything on it in
+turn: LISTEN/UNLISTEN of raw channels, reads of the log, liveness. A read runs on
+every ``pgcast`` notification and at least every ``poll_interval`` seconds; each
+read has a timeout, so a silently dead connection is noticed within
+``poll_interval + probe_timeout`` seconds. On any failure the worker reconnects
+with backoff and continues from its cursor, so nothing committed while it was away
+is skipped (see changelog.py for why the cursor is gap-free).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import asyncpg
+
+from .backoff import backoff
+from .changelog import LogCursor, read_new, start_cursor
+from .events import ChangeEvent
+
+logger = logging.getLogger("pgcast.listener")
+
+CHANNEL = "pgcast"
+_RETRYABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+class ListenerState(enum.Enum):
+    CONNECTING = "connecting"
+    LISTENING = "listening"
+    RECONNECTING = "reconnecting"
+    STOPPED = "stopped"
+
+
+class ConnectionLost(Exception):
+    """The LISTEN connection was terminated."""
+
+
+class Listener:
+    """Feeds committed changes and raw channel messages to callbacks."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        on_changes: Callable[[list[ChangeEvent]], None],
+        on_message: Callable[[str, str], None],
+        poll_interval: float = 1.0,
+        probe_timeout: float = 5.0,
+        backoff_factory: Callable[[], Iterator[float]] = backoff,
+    ) -> None:
+        self.dsn = dsn
+        self._on_changes = on_changes
+        self._on_message = on_message
+        self.poll_interval = poll_interval
+        self.probe_timeout = probe_timeout
+        self._backoff_factory = backoff_factory
+        self.cursor = LogCursor()
+        self.state = ListenerState.CONNECTING
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self.last_read_at: float | None = None
+        self.backend_pid: int | None = None
+        self._wake = asyncio.Event()
+        self._channels: set[str] = set()
+        self._active_channels: set[str] = set()
+        self._channel_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: Any = None
+
+    # public API --------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError(f"listener is {self.state.value}, expected not started")
+        self._task = asyncio.create_task(self._run(), name="pgcast-listener")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until the listener has connected once; False on timeout."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        await self._close_connection()
+        self.state = ListenerState.STOPPED
+
+    def wake(self) -> None:
+        """Read the log now (used on NOTIFY, and by tests)."""
+        self._wake.set()
+
+    async def listen(self, channel: str, timeout: float) -> bool:
+        """LISTEN on raw ``channel``; True once active, False if not active within timeout."""
+        self._channels.add(channel)
+        if channel in self._active_channels:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._channel_waiters.setdefault(channel, []).append(future)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._channel_waiters.get(channel)
+            if waiters and future in waiters:
+                waiters.remove(future)
+        return True
+
+    def unlisten(self, channel: str) -> None:
+        self._channels.discard(channel)
+        self._wake.set()
+
+    @property
+    def lag_seconds(self) -> float | None:
+        """Seconds since the last complete read of the log (None before the first)."""
+        if self.last_read_at is None:
+            return None
+        return max(0.0, time.monotonic() - self.last_read_at)
+
+    # worker --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delays: Iterator[float] | None = None
+        while True:
+            try:
+                await self._connect_and_serve()
+            except asyncio.CancelledError:
+                raise
+            except (*_RETRYABLE, ConnectionLost) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.warning("LISTEN connection lost (%s); reconnecting", self.last_error)
+            except Exception:
+                self.last_error = "internal error"
+                logger.exception("listener failed; reconnecting")
+            if delays is None or self.state is ListenerState.LISTENING:
+                delays = self._backoff_factory()  # reset after every successful connection
+            self.state = ListenerState.RECONNECTING
+            self.reconnects += 1
+            self._active_channels.clear()
+            await self._close_connection()
+            await asyncio.sleep(next(delays))
+
+    async def _connect_and_serve(self) -> None:
+        conn = await asyncpg.connect(
+            self.dsn,
+            timeout=self.probe_timeout,
+            server_settings={"application_name": "pgcast-listener"},
+        )
+        self._conn = conn
+        lost = asyncio.Event()
+
+        def on_terminate(_: Any) -> None:
+            lost.set()
+            self._wake.set()
+
+        conn.add_termination_listener(on_terminate)
+        await conn.add_listener(CHANNEL, self._on_notify)
+        self.backend_pid = conn.get_server_pid()
+        if not self.cursor.initialized:
+            await start_cursor(conn, self.cursor, timeout=self.probe_timeout)
+        self.state = ListenerState.LISTENING
+        logger.info("listening (backend pid %s) from change id %s", self.backend_pid, self.cursor.last_id)
+        self._ready.set()
+        while True:
+            if lost.is_set():
+                raise ConnectionLost("connection terminated")
+            await self._sync_channels(conn)
+            async for page in read_new(conn, self.cursor, timeout=self.probe_timeout):
+                self._dispatch(page)
+            self.last_read_at = time.monotonic()
+            if lost.is_set():
+                raise ConnectionLost("connection terminated")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    def _dispatch(self, page: list[ChangeEvent]) -> None:
+        try:
+            self._on_changes(page)
+        except Exception:
+            # A bug in delivery must not stall the log reader or lose its place.
+            logger.exception("delivering %d changes failed", len(page))
+
+    async def _sync_channels(self, conn: Any) -> None:
+        for channel in self._channels - self._active_channels:
+            await conn.add_listener(channel, self._on_channel)
+            self._active_channels.add(channel)
+            for future in self._channel_waiters.pop(channel, []):
+                if not future.done():
+                    future.set_result(None)
+        for channel in self._active_channels - self._channels:
+            await conn.remove_listener(channel, self._on_channel)
+            self._active_channels.discard(channel)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self._wake.set()
+
+    def _on_channel(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        try:
+            self._on_message(channel, payload)
+        except Exception:
+            logger.exception("delivering a message on channel %r failed", channel)
+
+    async def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()

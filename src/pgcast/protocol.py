@@ -1,0 +1,257 @@
+"""The wire protocol: client messages decoded and validated, server messages encoded.
+
+Pure: text in, typed messages out; typed values in, bytes out. Every refusal is a
+ProtocolError whose ``code`` goes on the wire in an ``error`` message. The
+protocol is documented in docs/protocol.md; close codes in docs/close-codes.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .events import OPS
+from .exceptions import ProtocolError
+from .filters import Filter, parse_filter
+
+PROTOCOL_VERSION = 1
+MAX_ID_LENGTH = 128
+_NAME = re.compile(r"[^\x00-\x1f]{1,63}")
+CHANNEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes: 4000-4499 reconnect and resume, 4500-4999 do not reconnect."""
+
+    NORMAL = 1000
+    MESSAGE_TOO_BIG = 1009
+    SHUTTING_DOWN = 4000
+    SLOW_CONSUMER = 4001
+    PROTOCOL_VIOLATION = 4500
+    UNAUTHORIZED = 4501
+    FORBIDDEN = 4502
+    TOKEN_EXPIRED = 4503
+
+
+class ErrorCode(enum.StrEnum):
+    """Codes of ``error`` messages; the connection stays open after each."""
+
+    BAD_FRAME = "bad_frame"
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_REQUEST = "bad_request"
+    BAD_FILTER = "bad_filter"
+    UNKNOWN_TABLE = "unknown_table"
+    FORBIDDEN_CHANNEL = "forbidden_channel"
+    DUPLICATE_ID = "duplicate_id"
+    UNKNOWN_SUBSCRIPTION = "unknown_subscription"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    NOT_SUPPORTED = "not_supported"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Subscribe to a table's changes or to a raw NOTIFY channel."""
+
+    id: str
+    table: str | None = None
+    schema: str | None = None
+    channel: str | None = None
+    events: frozenset[str] = OPS
+    filter: Filter = Filter()
+    columns: frozenset[str] | None = None
+    since: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    data: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsupported:
+    """A known message type this gateway does not serve (yet), e.g. ``publish``."""
+
+    type: str
+    id: str | None
+
+
+ClientMessage = Subscribe | Unsubscribe | Ping | Unsupported
+
+_KNOWN_UNSUPPORTED = frozenset({"publish", "auth"})
+
+
+def decode_client_message(data: str | bytes) -> ClientMessage:
+    """Decode one client frame; raise ProtocolError naming what is wrong."""
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame must be a JSON object with a 'type'")
+    kind = message.get("type")
+    if kind == "subscribe":
+        return _decode_subscribe(message)
+    if kind == "unsubscribe":
+        return Unsubscribe(_id(message))
+    if kind == "ping":
+        return Ping(message.get("data"))
+    if kind in _KNOWN_UNSUPPORTED:
+        raw_id = message.get("id")
+        return Unsupported(str(kind), raw_id if isinstance(raw_id, str) else None)
+    raise ProtocolError(
+        ErrorCode.UNKNOWN_TYPE,
+        f"unknown message type {kind!r}",
+        hint="use subscribe, unsubscribe or ping",
+    )
+
+
+def _id(message: dict[str, Any]) -> str:
+    value = message.get("id")
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"'id' must be a non-empty string of at most {MAX_ID_LENGTH} characters",
+        )
+    return value
+
+
+def _name(message: dict[str, Any], key: str, sub_id: str) -> str | None:
+    value = message.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"{key!r} must be a name of 1 to 63 printable characters"
+        )
+    return value
+
+
+def _decode_subscribe(message: dict[str, Any]) -> Subscribe:
+    sub_id = _id(message)
+    table = _name(message, "table", sub_id)
+    channel = message.get("channel")
+    if (table is None) == (channel is None):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "subscribe needs exactly one of 'table' or 'channel'")
+    if channel is not None:
+        if not isinstance(channel, str) or not CHANNEL_NAME.fullmatch(channel):
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                "'channel' must be letters, digits and underscores (at most 63)",
+            )
+        extra = {"filter", "since", "columns", "events", "schema"} & message.keys()
+        if extra:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"channel subscriptions take no {', '.join(sorted(extra))}"
+            )
+        return Subscribe(id=sub_id, channel=channel)
+    return Subscribe(
+        id=sub_id,
+        table=table,
+        schema=_name(message, "schema", sub_id),
+        events=_events(message.get("events")),
+        filter=parse_filter(_optional_str(message, "filter")),
+        columns=_columns(message.get("columns")),
+        since=_since(message.get("since")),
+    )
+
+
+def _optional_str(message: dict[str, Any], key: str) -> str | None:
+    value = message.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{key!r} must be a string")
+    return value
+
+
+def _events(value: Any) -> frozenset[str]:
+    if value is None:
+        return OPS
+    if not isinstance(value, list) or not value:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'events' must be a non-empty list")
+    events = set()
+    for item in value:
+        if not isinstance(item, str) or item.upper() not in OPS:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"unknown event {item!r}",
+                hint="events are INSERT, UPDATE, DELETE, TRUNCATE",
+            )
+        events.add(item.upper())
+    return frozenset(events)
+
+
+def _columns(value: Any) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(c, str) and _NAME.fullmatch(c) for c in value)
+    ):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'columns' must be a non-empty list of names")
+    return frozenset(value)
+
+
+def _since(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'since' must be a change id such as \"1042\"")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        number = int(value)
+    else:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'since' must be a change id such as \"1042\"")
+    if not 0 <= number < 2**63:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'since' is out of range")
+    return number
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Encode any server message."""
+    return orjson.dumps(message)
+
+
+def welcome(server: str, position: int) -> bytes:
+    return encode(
+        {"type": "welcome", "version": PROTOCOL_VERSION, "server": server, "position": str(position)}
+    )
+
+
+def subscribed(sub_id: str, **fields: Any) -> bytes:
+    return encode({"type": "subscribed", "id": sub_id, **fields})
+
+
+def unsubscribed(sub_id: str) -> bytes:
+    return encode({"type": "unsubscribed", "id": sub_id})
+
+
+def error(code: str, message: str, sub_id: str | None = None) -> bytes:
+    return encode({"type": "error", "id": sub_id, "code": code, "message": message})
+
+
+def pong(data: Any = None) -> bytes:
+    return encode({"type": "pong"} if data is None else {"type": "pong", "data": data})
+
+
+def resync(sub_id: str, reason: str) -> bytes:
+    return encode({"type": "resync", "sub": sub_id, "reason": reason})
+
+
+def channel_message_prefix(sub_id: str) -> bytes:
+    """Start of a ``message`` frame for a channel subscription; the body is shared."""
+    return b'{"type":"message","sub":' + orjson.dumps(sub_id) + b","
+
+
+def channel_message_body(channel: str, payload: str) -> bytes:
+    return orjson.dumps({"channel": channel, "payload": payload})[1:]

@@ -1,0 +1,461 @@
+"""The gateway: composes listener, hub, sessions and the WebSocket transport.
+
+Data path: the listener reads committed changes from the log and calls
+``Gateway.dispatch``; the hub says which subscriptions want each change; the change
+is encoded once per projection and queued on each subscriber's connection; every
+touched connection is flushed once per batch. Client messages are handled in order,
+per connection, by a short-lived worker task (none exists while a client is idle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+from websockets.http11 import Request, Response
+
+from . import __version__, protocol
+from .capture.installer import prune
+from .changelog import Replay, replay
+from .config import Settings
+from .events import ChangeEvent
+from .exceptions import ProtocolError
+from .hub import Hub, Subscription
+from .listener import Listener, ListenerState
+from .protocol import CloseCode, ErrorCode, Subscribe, Unsubscribe
+from .session import Session
+from .transports.frames import text_frame_header
+from .transports.websocket import WebSocketConnection, http_response
+
+logger = logging.getLogger("pgcast.server")
+
+SERVER_NAME = f"pgcast/{__version__}"
+INBOX_LIMIT = 64  # unprocessed client messages before we stop reading that socket
+PRUNE_EVERY = 600.0
+CATALOG_REFRESH_MIN = 1.0
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    schema: str
+    name: str
+    columns: frozenset[str]
+
+
+_CATALOG_QUERY = """
+SELECT n.nspname AS schema, c.relname AS name,
+       coalesce(t.columns, ARRAY(
+           SELECT a.attname::text FROM pg_attribute a
+           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)) AS columns
+FROM pgcast.tracked t
+JOIN pg_class c ON c.oid = t.relid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+"""
+
+
+class Catalog:
+    """Tracked tables and their columns, cached; refreshed on a miss (rate-limited)."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._tables: dict[tuple[str, str], TableInfo] = {}
+        self._loaded_at = -1e9
+        self._lock = asyncio.Lock()
+
+    async def _reload(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._loaded_at < CATALOG_REFRESH_MIN:
+                return
+            async with self._pool.acquire() as conn:
+                if await conn.fetchval("SELECT to_regclass('pgcast.tracked') IS NULL"):
+                    rows = []
+                else:
+                    rows = await conn.fetch(_CATALOG_QUERY)
+            self._tables = {
+                (r["schema"], r["name"]): TableInfo(r["schema"], r["name"], frozenset(r["columns"]))
+                for r in rows
+            }
+            self._loaded_at = time.monotonic()
+
+    def _find(self, schema: str | None, name: str) -> list[TableInfo]:
+        if schema is not None:
+            found = self._tables.get((schema, name))
+            return [found] if found else []
+        return [info for (s, n), info in self._tables.items() if n == name]
+
+    async def resolve(self, schema: str | None, name: str) -> TableInfo:
+        found = self._find(schema, name)
+        if not found:
+            await self._reload()
+            found = self._find(schema, name)
+        shown = f"{schema}.{name}" if schema else name
+        if not found:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_TABLE,
+                f"table {shown!r} is not tracked",
+                hint=f"run: pgcast track {shown}",
+            )
+        if len(found) > 1:
+            schemas = ", ".join(sorted(info.schema for info in found))
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_TABLE,
+                f"table {name!r} is tracked in several schemas ({schemas})",
+                hint="add 'schema' to the subscribe message",
+            )
+        return found[0]
+
+
+class Client:
+    """Gateway-side state of one WebSocket client."""
+
+    __slots__ = ("conn", "inbox", "session", "worker")
+
+    def __init__(self, conn: WebSocketConnection, session: Session) -> None:
+        self.conn = conn
+        self.session = session
+        self.inbox: deque[str | bytes] = deque()
+        self.worker: asyncio.Task[None] | None = None
+
+
+class Gateway:
+    """A pgcast gateway bound to one database."""
+
+    def __init__(self, settings: Settings, dsn: str) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.hub = Hub()
+        self.clients: dict[WebSocketConnection, Client] = {}
+        self.listener = Listener(
+            dsn,
+            on_changes=self.dispatch,
+            on_message=self.deliver_message,
+            poll_interval=settings.poll_interval,
+            probe_timeout=settings.probe_interval,
+        )
+        self.changes_in = 0
+        self.deliveries_out = 0
+        self._pool: Any = None
+        self._catalog: Catalog | None = None
+        self._server: asyncio.Server | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.started_at = time.time()
+
+    # lifecycle -----------------------------------------------------------------
+
+    async def start(self, *, ready_timeout: float = 10.0) -> None:
+        """Connect to PostgreSQL, start the listener and bind the HTTP/WebSocket port."""
+        self._pool = await asyncpg.create_pool(
+            self.dsn, min_size=1, max_size=4, command_timeout=60
+        )
+        self._catalog = Catalog(self._pool)
+        self.listener.start()
+        if not await self.listener.wait_ready(ready_timeout):
+            logger.warning("PostgreSQL LISTEN not ready yet (%s); serving anyway", self.listener.last_error)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._new_connection,
+            self.settings.host,
+            self.settings.port,
+            reuse_address=True,
+            backlog=4096,
+        )
+        self._spawn(self._prune_periodically(), "pgcast-prune")
+        logger.info("serving on http://%s:%s (ws: /ws, health: /health)", self.settings.host, self.port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "gateway is not started"
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def stop(self, *, timeout: float = 5.0) -> None:
+        """Tell every client to reconnect elsewhere (4000), then release everything."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.clients):
+            conn.close(CloseCode.SHUTTING_DOWN, "gateway shutting down: reconnect and resume")
+        deadline = time.monotonic() + timeout
+        while self.clients and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # poll for the closing handshakes to finish
+        for conn in list(self.clients):
+            conn.abort()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.listener.stop()
+        if self._pool is not None:
+            await self._pool.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._background.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _prune_periodically(self) -> None:
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    removed = await prune(conn, older_than=self.settings.retention)
+                if removed:
+                    logger.info("pruned %d change log rows older than %s", removed, self.settings.retention)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning("pruning the change log failed: %s", exc)
+            await asyncio.sleep(PRUNE_EVERY)
+
+    def _new_connection(self) -> WebSocketConnection:
+        return WebSocketConnection(
+            self,
+            max_frame_bytes=self.settings.max_frame_bytes,
+            outbox_limit=self.settings.outbox_limit,
+        )
+
+    # delivery (hot path) ----------------------------------------------------------
+
+    def dispatch(self, changes: list[ChangeEvent]) -> None:
+        """Route a batch of committed changes; one write per touched connection."""
+        touched: set[WebSocketConnection] = set()
+        match = self.hub.match
+        deliveries = 0
+        for change in changes:
+            for sub in match(change):
+                if sub.buffer is not None:
+                    sub.buffer.append(change)
+                    continue
+                body = change.body(sub.columns)
+                conn: WebSocketConnection = sub.owner
+                conn.queue(text_frame_header(len(sub.prefix) + len(body)), sub.prefix, body)
+                touched.add(conn)
+                deliveries += 1
+        for conn in touched:
+            conn.flush()
+        self.changes_in += len(changes)
+        self.deliveries_out += deliveries
+
+    def deliver_message(self, channel: str, payload: str) -> None:
+        """Pass a raw NOTIFY on ``channel`` to its subscribers."""
+        subs = self.hub.channel_subscribers(channel)
+        if not subs:
+            return
+        body = protocol.channel_message_body(channel, payload)
+        for sub in subs:
+            conn: WebSocketConnection = sub.owner
+            conn.queue(text_frame_header(len(sub.prefix) + len(body)), sub.prefix, body)
+            conn.flush()
+        self.deliveries_out += len(subs)
+
+    # transport callbacks -----------------------------------------------------------
+
+    def http(self, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == "/ws":
+            return None
+        if path == "/health":
+            health = self.health()
+            status, reason = (200, "OK") if health["status"] == "ok" else (503, "Service Unavailable")
+            return http_response(status, reason, orjson.dumps(health), "application/json")
+        if path == "/":
+            body = {"name": "pgcast", "version": __version__, "websocket": "/ws", "health": "/health"}
+            return http_response(200, "OK", orjson.dumps(body), "application/json")
+        return http_response(404, "Not Found", b'{"error":"not found"}', "application/json")
+
+    def opened(self, conn: WebSocketConnection) -> None:
+        session = Session(conn, max_subscriptions=self.settings.max_subscriptions)
+        self.clients[conn] = Client(conn, session)
+        conn.send(protocol.welcome(SERVER_NAME, self.listener.cursor.last_id))
+
+    def received(self, conn: WebSocketConnection, data: str | bytes) -> None:
+        client = self.clients.get(conn)
+        if client is None:
+            return
+        client.inbox.append(data)
+        if len(client.inbox) >= INBOX_LIMIT and conn.transport is not None:
+            conn.transport.pause_reading()  # the client sends faster than we answer
+        if client.worker is None:
+            client.worker = asyncio.create_task(self._work(client), name=f"pgcast-client-{conn.peer}")
+
+    def closed(self, conn: WebSocketConnection) -> None:
+        client = self.clients.pop(conn, None)
+        if client is None:
+            return
+        if client.worker is not None:
+            client.worker.cancel()
+        for sub in client.session.close():
+            self._forget(sub)
+
+    # client messages -------------------------------------------------------------------
+
+    async def _work(self, client: Client) -> None:
+        try:
+            while client.inbox:
+                data = client.inbox.popleft()
+                await self._handle(client, data)
+                if len(client.inbox) < INBOX_LIMIT // 2 and client.conn.transport is not None:
+                    client.conn.transport.resume_reading()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("handling a message from %s failed", client.conn.peer)
+            client.conn.close(CloseCode.PROTOCOL_VIOLATION, "internal error")
+        finally:
+            client.worker = None
+
+    async def _handle(self, client: Client, data: str | bytes) -> None:
+        conn = client.conn
+        sub_id: str | None = None
+        try:
+            if isinstance(data, bytes):
+                raise ProtocolError(
+                    ErrorCode.BAD_FRAME, "binary frames are not supported; send JSON text frames"
+                )
+            message = protocol.decode_client_message(data)
+            if isinstance(message, protocol.Ping):
+                conn.send(protocol.pong(message.data))
+            elif isinstance(message, Subscribe):
+                sub_id = message.id
+                await self._subscribe(client, message)
+            elif isinstance(message, Unsubscribe):
+                sub_id = message.id
+                self._forget(client.session.close_subscription(message.id))
+                conn.send(protocol.unsubscribed(message.id))
+            else:
+                sub_id = message.id
+                raise ProtocolError(
+                    ErrorCode.NOT_SUPPORTED, f"{message.type!r} is not enabled on this gateway"
+                )
+        except ProtocolError as exc:
+            conn.send(protocol.error(exc.code, str(exc), sub_id))
+
+    async def _subscribe(self, client: Client, request: Subscribe) -> None:
+        conn = client.conn
+        if request.channel is not None:
+            await self._subscribe_channel(client, request)
+            return
+        assert request.table is not None and self._catalog is not None
+        try:
+            info = await self._catalog.resolve(request.schema, request.table)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"database unavailable: {exc}") from None
+        request.filter.check_columns(info.columns, info.name)
+        if request.columns is not None and not request.columns <= info.columns:
+            unknown = ", ".join(sorted(request.columns - info.columns))
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"unknown columns for table {info.name!r}: {unknown}"
+            )
+        sub = client.session.open(request, schema=info.schema, table=info.name)
+        fields = {"schema": info.schema, "table": info.name}
+        if request.since is None:
+            self.hub.add(sub)
+            conn.send(protocol.subscribed(sub.id, **fields))
+            return
+        sub.begin_catch_up()
+        self.hub.add(sub)
+        try:
+            replayed = await self._replay(conn, sub, request.since)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            client.session.close_subscription(sub.id)
+            self._forget(sub)
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, f"could not read the change log to resume: {exc}"
+            ) from None
+        for change in sub.finish_catch_up(replayed):
+            body = change.body(sub.columns)
+            conn.queue(text_frame_header(len(sub.prefix) + len(body)), sub.prefix, body)
+        conn.flush()
+        conn.send(protocol.subscribed(sub.id, replayed=len(replayed), **fields))
+
+    async def _replay(self, conn: WebSocketConnection, sub: Subscription, since: int) -> set[int]:
+        replayed: set[int] = set()
+        async with self._pool.acquire() as db:
+            async for page in replay(
+                db,
+                since=since,
+                schema=sub.schema,
+                table=sub.table,
+                events=sorted(sub.events),
+                timeout=self.settings.probe_interval * 4,
+            ):
+                if isinstance(page, Replay):
+                    conn.send(protocol.resync(sub.id, page.reason))
+                    continue
+                for change in page:
+                    if sub.wants(change):
+                        body = change.body(sub.columns)
+                        conn.queue(text_frame_header(len(sub.prefix) + len(body)), sub.prefix, body)
+                        replayed.add(change.id)
+                conn.flush()
+                await conn.drained()
+        self.deliveries_out += len(replayed)
+        return replayed
+
+    async def _subscribe_channel(self, client: Client, request: Subscribe) -> None:
+        channel = request.channel
+        assert channel is not None
+        if channel == "pgcast" or not self.settings.allows_channel(channel):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN_CHANNEL,
+                f"channel {channel!r} is not allowed",
+                hint="allowed patterns: " + ", ".join(self.settings.channels),
+            )
+        sub = client.session.open(request)
+        if self.hub.add_channel(sub):
+            await self.listener.listen(channel, timeout=self.settings.probe_interval)
+        client.conn.send(protocol.subscribed(sub.id, channel=channel))
+
+    def _forget(self, sub: Subscription) -> None:
+        if sub.channel is None:
+            self.hub.remove(sub)
+        elif self.hub.remove_channel(sub):
+            self.listener.unlisten(sub.channel)
+
+    # observability ----------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        listener = self.listener
+        ok = listener.state is ListenerState.LISTENING
+        return {
+            "status": "ok" if ok else "degraded",
+            "clients": len(self.clients),
+            "subscriptions": self.hub.subscription_count(),
+            "listener": {
+                "state": listener.state.value,
+                "reconnects": listener.reconnects,
+                "backend_pid": listener.backend_pid,
+                "position": str(listener.cursor.last_id),
+                "last_error": listener.last_error,
+            },
+            "lag_seconds": listener.lag_seconds,
+            "changes_in": self.changes_in,
+            "deliveries_out": self.deliveries_out,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+        }
+
+
+async def serve(settings: Settings, dsn: str, *, stop: asyncio.Event | None = None,
+                on_ready: Callable[[Gateway], None] | None = None) -> None:
+    """Run a gateway until ``stop`` is set (or forever), then shut down cleanly."""
+    gateway = Gateway(settings, dsn)
+    await gateway.start()
+    if on_ready is not None:
+        on_ready(gateway)
+    try:
+        await (stop.wait() if stop is not None else asyncio.Event().wait())
+    finally:
+        with contextlib.suppress(Exception):
+            await gateway.stop()

@@ -1,0 +1,82 @@
+"""Per-connection state: the subscriptions a client holds, and the rules on them.
+
+Pure: the transport calls it with decoded messages; it never touches the network
+or the hub. Wrong-state calls raise an error naming the expected state.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from .exceptions import ProtocolError
+from .hub import Subscription
+from .protocol import ErrorCode, Subscribe
+
+
+class SessionState(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Session:
+    """The subscriptions of one client connection."""
+
+    def __init__(self, owner: Any, *, max_subscriptions: int) -> None:
+        self.owner = owner
+        self.max_subscriptions = max_subscriptions
+        self.state = SessionState.OPEN
+        self.subscriptions: dict[str, Subscription] = {}
+
+    def open(self, request: Subscribe, *, schema: str = "", table: str = "") -> Subscription:
+        """Create the subscription ``request`` asks for, resolved to ``schema.table``."""
+        self._expect_open()
+        if request.id in self.subscriptions:
+            raise ProtocolError(
+                ErrorCode.DUPLICATE_ID,
+                f"subscription id {request.id!r} is already in use on this connection",
+                hint="unsubscribe it first or pick another id",
+            )
+        if len(self.subscriptions) >= self.max_subscriptions:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self.max_subscriptions} subscriptions per connection",
+            )
+        sub = Subscription(
+            request.id,
+            self.owner,
+            schema=schema,
+            table=table,
+            channel=request.channel,
+            events=request.events,
+            filter=request.filter,
+            columns=request.columns,
+        )
+        self.subscriptions[request.id] = sub
+        return sub
+
+    def close_subscription(self, sub_id: str) -> Subscription:
+        """Remove and return subscription ``sub_id``."""
+        self._expect_open()
+        sub = self.subscriptions.pop(sub_id, None)
+        if sub is None:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_SUBSCRIPTION, f"no subscription with id {sub_id!r}"
+            )
+        sub.close()
+        return sub
+
+    def close(self) -> list[Subscription]:
+        """Close the session; return every subscription it held (to remove from the hub)."""
+        if self.state is SessionState.CLOSED:
+            return []
+        self.state = SessionState.CLOSED
+        subs = list(self.subscriptions.values())
+        self.subscriptions.clear()
+        for sub in subs:
+            sub.close()
+        return subs
+
+    def _expect_open(self) -> None:
+        if self.state is not SessionState.OPEN:
+            raise RuntimeError(f"session is {self.state.value}, expected open")

@@ -1,0 +1,237 @@
+"""The native WebSocket + HTTP transport: asyncio protocol over websockets' sans-I/O core.
+
+The websockets library parses the opening handshake and incoming frames and
+answers pings and close frames; this module only moves bytes. Outgoing change
+frames are pre-encoded by the gateway and written straight to the socket, all of a
+connection's pending frames in one ``write`` (one system call), which is what makes
+fan-out cheap (see bench/RESULTS.md, "Stack choice").
+
+Backpressure: the asyncio transport tells us when its buffer passes the high-water
+mark (``pause_writing``). While paused, frames wait in the outbox; an outbox that
+grows past its limit closes the connection with 4001 (reconnect and resume), so a
+client that stops reading costs the gateway bounded memory and nobody else waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+from typing import Protocol
+
+from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import OPEN, State
+from websockets.server import ServerProtocol
+
+from .frames import text_frame, text_frame_header
+
+logger = logging.getLogger("pgcast.transport")
+
+WRITE_HIGH_WATER = 256 * 1024
+CLOSE_TIMEOUT = 5.0
+
+
+class Application(Protocol):
+    """What the transport needs from the gateway."""
+
+    def http(self, request: Request) -> Response | None:
+        """A plain HTTP response for ``request``, or None to attempt a WebSocket upgrade."""
+
+    def opened(self, conn: WebSocketConnection) -> None: ...
+
+    def received(self, conn: WebSocketConnection, data: str | bytes) -> None:
+        """A text (str) or binary (bytes) message from the client."""
+
+    def closed(self, conn: WebSocketConnection) -> None: ...
+
+
+def http_response(status: int, reason: str, body: bytes, content_type: str) -> Response:
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-store"),
+        ]
+    )
+    return Response(status, reason, headers, body)
+
+
+class WebSocketConnection(asyncio.Protocol):
+    """One client connection: HTTP request, then (usually) a WebSocket."""
+
+    def __init__(self, app: Application, *, max_frame_bytes: int, outbox_limit: int) -> None:
+        self.app = app
+        self.ws = ServerProtocol(max_size=max_frame_bytes)
+        self.outbox_limit = outbox_limit
+        self.transport: asyncio.Transport | None = None
+        self.request: Request | None = None
+        self.peer: str = "?"
+        self.session: object = None  # set by the gateway
+        self._outbox: list[bytes] = []
+        self._outbox_frames = 0
+        self._paused = False
+        self._upgraded = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+
+    # asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}"
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        self._process_events()
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()
+        self._process_events()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._outbox.clear()
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+        if self._upgraded:
+            self._upgraded = False
+            self.app.closed(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self.flush()
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # outgoing ---------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._upgraded and self.ws.state is OPEN
+
+    @property
+    def writable(self) -> bool:
+        """False while the socket's buffer is over its high-water mark."""
+        return not self._paused
+
+    async def drained(self) -> None:
+        """Return once the socket accepts writes again (immediately if it does now)."""
+        if not self._paused or self.transport is None or self.transport.is_closing():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+
+    def queue(self, header: bytes, prefix: bytes, body: bytes) -> None:
+        """Queue one text frame made of ``prefix + body``; call flush() after a batch."""
+        self._outbox += (header, prefix, body)
+        self._outbox_frames += 1
+
+    def queue_frame(self, frame: bytes) -> None:
+        self._outbox.append(frame)
+        self._outbox_frames += 1
+
+    def flush(self) -> None:
+        """Write every queued frame in one call, or enforce the outbox limit while paused."""
+        if not self._outbox or self.transport is None:
+            return
+        if not self.is_open:
+            self._outbox.clear()
+            self._outbox_frames = 0
+            return
+        if self._paused:
+            if self._outbox_frames > self.outbox_limit:
+                from ..protocol import CloseCode
+
+                self._outbox.clear()
+                self._outbox_frames = 0
+                self.close(CloseCode.SLOW_CONSUMER, "outbox overflow: reconnect and resume")
+            return
+        data = b"".join(self._outbox)
+        self._outbox.clear()
+        self._outbox_frames = 0
+        self.transport.write(data)
+
+    def send(self, payload: bytes) -> None:
+        """Queue and flush one message (control messages: welcome, errors, acks)."""
+        self.queue_frame(text_frame(payload))
+        self.flush()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake; abort the TCP connection if the peer stalls."""
+        if self.ws.state is OPEN:
+            self.ws.send_close(code, reason)
+            self._write_protocol_data()
+        elif self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # internals --------------------------------------------------------------------
+
+    def _process_events(self) -> None:
+        for event in self.ws.events_received():
+            if isinstance(event, Request):
+                self._on_request(event)
+            elif isinstance(event, Frame):
+                self._on_frame(event)
+        self._write_protocol_data()
+
+    def _on_request(self, request: Request) -> None:
+        self.request = request
+        response = self.app.http(request)
+        if response is not None:
+            self.ws.send_response(response)
+            return
+        response = self.ws.accept(request)
+        self.ws.send_response(response)
+        if response.status_code == 101:
+            self._write_protocol_data()
+            self._upgraded = True
+            self.app.opened(self)
+
+    def _on_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.TEXT:
+            try:
+                text = frame.data.decode()
+            except UnicodeDecodeError:  # websockets validates UTF-8; defensive only
+                return
+            self.app.received(self, text)
+        elif frame.opcode is Opcode.BINARY:
+            self.app.received(self, frame.data)
+
+    def _write_protocol_data(self) -> None:
+        assert self.transport is not None
+        for data in self.ws.data_to_send():
+            if data:
+                # Control frames must not overtake queued change frames.
+                if self._outbox and self.ws.state is not State.CONNECTING:
+                    self.flush()
+                self.transport.write(data)
+            else:
+                self.transport.close()
+        if self.ws.close_expected() and self._close_timer is None:
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(CLOSE_TIMEOUT, self.abort)
+
+
+__all__ = ["Application", "WebSocketConnection", "http_response", "text_frame_header"]

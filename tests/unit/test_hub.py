@@ -1,0 +1,147 @@
+"""The hub routes each change to exactly the subscriptions that want it."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pgcast.events import OPS, ChangeEvent
+from pgcast.filters import parse_filter
+from pgcast.hub import Hub, Subscription, SubscriptionState
+
+
+def sub(sid: str, table: str = "orders", flt: str = "", events: frozenset[str] = OPS) -> Subscription:
+    return Subscription(sid, owner=None, schema="public", table=table, events=events, filter=parse_filter(flt))
+
+
+def change(op: str, record: dict[str, object] | None, old: dict[str, object] | None = None, table: str = "orders") -> ChangeEvent:
+    return ChangeEvent.from_dicts(id=1, schema="public", table=table, op=op, record=record, old_record=old)
+
+
+def ids(subs: list[Subscription]) -> set[str]:
+    return {s.id for s in subs}
+
+
+def test_routes_by_table_filter_and_event() -> None:
+    hub = Hub()
+    for s in [
+        sub("all"),
+        sub("pending", flt="status=eq.pending"),
+        sub("big", flt="amount=gt.100"),
+        sub("deletes", events=frozenset({"DELETE"})),
+        sub("other", table="invoices"),
+    ]:
+        hub.add(s)
+    assert ids(hub.match(change("INSERT", {"status": "pending", "amount": 5}))) == {"all", "pending"}
+    assert ids(hub.match(change("INSERT", {"status": "x", "amount": 500}))) == {"all", "big"}
+    assert ids(hub.match(change("DELETE", None, {"status": "pending", "amount": 1}))) == {"all", "pending", "deletes"}
+    assert ids(hub.match(change("INSERT", {"a": 1}, table="unknown"))) == set()
+
+
+def test_update_matches_when_row_enters_or_leaves_the_filter() -> None:
+    hub = Hub()
+    hub.add(sub("pending", flt="status=eq.pending"))
+    leaving = change("UPDATE", {"status": "shipped"}, {"status": "pending"})
+    entering = change("UPDATE", {"status": "pending"}, {"status": "new"})
+    elsewhere = change("UPDATE", {"status": "shipped"}, {"status": "new"})
+    assert ids(hub.match(leaving)) == {"pending"}
+    assert ids(hub.match(entering)) == {"pending"}
+    assert ids(hub.match(elsewhere)) == set()
+
+
+def test_truncate_reaches_filtered_subscribers() -> None:
+    hub = Hub()
+    hub.add(sub("pending", flt="status=eq.pending"))
+    hub.add(sub("no_truncate", events=frozenset({"INSERT"})))
+    assert ids(hub.match(change("TRUNCATE", None))) == {"pending"}
+
+
+def test_remove_forgets_subscription_and_cleans_index() -> None:
+    hub = Hub()
+    a, b = sub("a", flt="status=eq.x"), sub("b")
+    hub.add(a)
+    hub.add(b)
+    hub.remove(a)
+    hub.remove(a)  # twice is harmless
+    assert ids(hub.match(change("INSERT", {"status": "x"}))) == {"b"}
+    hub.remove(b)
+    assert list(hub.tables()) == []
+    assert hub.subscription_count() == 0
+
+
+def test_channels_report_first_and_last_subscriber() -> None:
+    hub = Hub()
+    a = Subscription("a", None, channel="chan")
+    b = Subscription("b", None, channel="chan")
+    assert hub.add_channel(a) is True
+    assert hub.add_channel(b) is False
+    assert hub.channel_subscribers("chan") == {a, b}
+    assert hub.remove_channel(a) is False
+    assert hub.remove_channel(b) is True
+    assert hub.remove_channel(b) is False
+    assert hub.channels() == []
+
+
+def test_catch_up_buffers_then_returns_only_unreplayed_changes() -> None:
+    s = sub("a")
+    s.begin_catch_up()
+    assert s.state is SubscriptionState.CATCHING_UP
+    first = ChangeEvent.from_dicts(id=5, schema="public", table="orders", op="INSERT", record={})
+    second = ChangeEvent.from_dicts(id=6, schema="public", table="orders", op="INSERT", record={})
+    assert s.buffer is not None
+    s.buffer += [first, second]
+    assert s.finish_catch_up({5}) == [second]
+    assert s.state is SubscriptionState.LIVE and s.buffer is None
+
+
+def test_wrong_state_transition_names_expected_state() -> None:
+    s = sub("a")
+    try:
+        s.finish_catch_up(set())
+    except RuntimeError as exc:
+        assert "expected catching_up" in str(exc)
+    else:
+        raise AssertionError("finish_catch_up on a live subscription must fail")
+
+
+def test_change_body_is_encoded_once_per_projection() -> None:
+    c = ChangeEvent.from_dicts(
+        id=42, schema="public", table="orders", op="UPDATE",
+        record={"id": 1, "status": "b", "note": "n"}, old_record={"id": 1, "status": "a", "note": "n"},
+        changed=["status"], txid=9, committed_at="2026-11-21T12:00:00.000000Z",
+    )
+    assert c.body() is c.body()
+    message = c.to_message("s1")
+    assert message == {
+        "type": "change", "sub": "s1", "id": "42", "schema": "public", "table": "orders",
+        "op": "UPDATE", "record": {"id": 1, "status": "b", "note": "n"},
+        "old_record": {"id": 1, "status": "a", "note": "n"}, "changed": ["status"],
+        "txid": "9", "committed_at": "2026-11-21T12:00:00.000000Z",
+    }
+    projected = orjson.loads(b"{" + c.body(frozenset({"id", "status"})))
+    assert projected["record"] == {"id": 1, "status": "b"}
+
+
+rows = st.fixed_dictionaries(
+    {"status": st.sampled_from(["a", "b", "c", None]), "amount": st.integers(-3, 3), "tenant": st.integers(1, 3)}
+)
+filters = st.lists(
+    st.sampled_from(
+        ["status=eq.a", "status=eq.b", "amount=gt.0", "amount=eq.1", "tenant=in.(1,2)", "status=is.null",
+         "tenant=eq.3", "status=neq.a", "amount=not.eq.0"]
+    ),
+    max_size=3,
+).map("&".join)
+
+
+@settings(max_examples=200)
+@given(st.lists(filters, min_size=1, max_size=12), st.sampled_from(["INSERT", "UPDATE", "DELETE"]), rows, rows)
+def test_indexed_match_equals_brute_force(flts: list[str], op: str, new: dict[str, object], old: dict[str, object]) -> None:
+    hub = Hub()
+    subs = [sub(f"s{i}", flt=f) for i, f in enumerate(flts)]
+    for s in subs:
+        hub.add(s)
+    c = change(op, None if op == "DELETE" else new, None if op == "INSERT" else old)
+    expected = {s.id for s in subs if s.wants(c)}
+    assert ids(hub.match(c)) == expected
