@@ -55,8 +55,11 @@ def _since(text: str) -> str:
 
 
 def _add_database_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--database-url", help="PostgreSQL URL (default: PGCAST_DATABASE_URL, "
-                        "DATABASE_URL, pgcast.toml, else an embedded PostgreSQL)")
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL URL (default: PGCAST_DATABASE_URL, "
+        "DATABASE_URL, pgcast.toml, else an embedded PostgreSQL)",
+    )
     parser.add_argument("--config", type=Path, help="path of a pgcast.toml file")
 
 
@@ -78,10 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database_options(track)
     track.add_argument("tables", nargs="+", type=_table, metavar="TABLE")
     track.add_argument("--columns", type=_columns, help="log only these columns (plus the key)")
-    track.add_argument("--when-changed", type=_columns, metavar="COLUMNS",
-                       help="log an UPDATE only when one of these columns changed")
-    track.add_argument("--skip-unchanged", action=argparse.BooleanOptionalAction, default=True,
-                       help="drop UPDATEs that change nothing (default: on)")
+    track.add_argument(
+        "--when-changed",
+        type=_columns,
+        metavar="COLUMNS",
+        help="log an UPDATE only when one of these columns changed",
+    )
+    track.add_argument(
+        "--skip-unchanged",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="drop UPDATEs that change nothing (default: on)",
+    )
 
     untrack = commands.add_parser("untrack", help="stop capturing changes of tables")
     _add_database_options(untrack)
@@ -102,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--url", default="ws://127.0.0.1:8000", help="gateway URL")
     listen.add_argument("--filter", help="e.g. 'status=eq.pending&amount=gt.100'")
     listen.add_argument("--since", type=_since, help="resume after this change id")
-    listen.add_argument("--events", type=lambda s: [e.strip().upper() for e in s.split(",")],
-                        help="comma-separated: INSERT,UPDATE,DELETE,TRUNCATE")
+    listen.add_argument(
+        "--events",
+        type=lambda s: [e.strip().upper() for e in s.split(",")],
+        help="comma-separated: INSERT,UPDATE,DELETE,TRUNCATE",
+    )
     listen.add_argument("--channel", action="store_true", help="TARGET is a raw NOTIFY channel")
     listen.add_argument("--json", action="store_true", help="one JSON object per line")
     listen.add_argument("--token", help="access token")
@@ -122,8 +136,9 @@ async def _connect(settings: Settings) -> Any:
     try:
         return await asyncpg.connect(dsn)
     except (OSError, asyncpg.PostgresError) as exc:
-        raise PgcastError(f"cannot connect to PostgreSQL: {exc}",
-                          hint="check --database-url / DATABASE_URL") from None
+        raise PgcastError(
+            f"cannot connect to PostgreSQL: {exc}", hint="check --database-url / DATABASE_URL"
+        ) from None
 
 
 async def cmd_track(args: argparse.Namespace) -> int:
@@ -167,15 +182,33 @@ async def cmd_status(args: argparse.Namespace) -> int:
         await conn.close()
     report: dict[str, Any] = {
         "tables": [
-            {"schema": t.schema, "table": t.name, "primary_key": list(t.primary_key),
-             "columns": t.options.columns, "when_changed": t.options.when_changed,
-             "skip_unchanged": t.options.skip_unchanged, "changes": t.changes}
+            {
+                "schema": t.schema,
+                "table": t.name,
+                "primary_key": list(t.primary_key),
+                "columns": t.options.columns,
+                "when_changed": t.options.when_changed,
+                "skip_unchanged": t.options.skip_unchanged,
+                "changes": t.changes,
+            }
             for t in tables
         ],
-        "log": {"rows": stats.rows, "first_id": stats.first_id, "last_id": stats.last_id,
-                "bytes": stats.bytes, "pruned_through": stats.pruned_through},
-        "listeners": [{"pid": r["pid"], "client": r["addr"], "state": r["state"],
-                       "since": r["backend_start"].isoformat()} for r in listeners],
+        "log": {
+            "rows": stats.rows,
+            "first_id": stats.first_id,
+            "last_id": stats.last_id,
+            "bytes": stats.bytes,
+            "pruned_through": stats.pruned_through,
+        },
+        "listeners": [
+            {
+                "pid": r["pid"],
+                "client": r["addr"],
+                "state": r["state"],
+                "since": r["backend_start"].isoformat(),
+            }
+            for r in listeners
+        ],
         "notification_queue_usage": queue,
     }
     if args.url:
@@ -187,10 +220,17 @@ async def cmd_status(args: argparse.Namespace) -> int:
     for t in report["tables"]:
         print(f"  {t['schema']}.{t['table']}  changes in log: {t['changes']}")
     log = report["log"]
-    print(f"change log: {log['rows']} rows, {log['bytes']} bytes, ids {log['first_id']}..{log['last_id']}"
-          f" (pruned through {log['pruned_through']})")
-    print(f"gateway LISTEN connections: {len(listeners)}"
-          + "".join(f"\n  pid {r['pid']} from {r['client']} since {r['since']}" for r in report["listeners"]))
+    print(
+        f"change log: {log['rows']} rows, {log['bytes']} bytes, "
+        f"ids {log['first_id']}..{log['last_id']}"
+        f" (pruned through {log['pruned_through']})"
+    )
+    print(
+        f"gateway LISTEN connections: {len(listeners)}"
+        + "".join(
+            f"\n  pid {r['pid']} from {r['client']} since {r['since']}" for r in report["listeners"]
+        )
+    )
     print(f"notification queue usage: {queue:.1%}")
     if "gateway" in report:
         print(f"gateway health: {orjson.dumps(report['gateway']).decode()}")
@@ -240,8 +280,12 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     def ready(gateway: Any) -> None:
-        print(f"pgcast {__version__} serving ws://{settings.host}:{gateway.port}/ws "
-              f"(health: http://{settings.host}:{gateway.port}/health)", file=sys.stderr, flush=True)
+        print(
+            f"pgcast {__version__} serving ws://{settings.host}:{gateway.port}/ws "
+            f"(health: http://{settings.host}:{gateway.port}/health)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     await serve(settings, dsn, stop=stop, on_ready=ready)
     return EXIT_OK
@@ -251,8 +295,15 @@ async def cmd_listen(args: argparse.Namespace) -> int:
     from .client.listen import listen
 
     return await listen(
-        args.url, args.target, filter=args.filter, since=args.since, events=args.events,
-        json_lines=args.json, token=args.token, channel=args.channel, max_events=args.max_events,
+        args.url,
+        args.target,
+        filter=args.filter,
+        since=args.since,
+        events=args.events,
+        json_lines=args.json,
+        token=args.token,
+        channel=args.channel,
+        max_events=args.max_events,
     )
 
 
@@ -275,7 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(COMMANDS[args.command](args))
     except PgcastError as exc:
         print(f"pgcast: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE if type(exc).__name__ in ("ConfigError", "IdentifierError") else EXIT_ERROR
+        return (
+            EXIT_USAGE if type(exc).__name__ in ("ConfigError", "IdentifierError") else EXIT_ERROR
+        )
     except KeyboardInterrupt:
         return 130
 

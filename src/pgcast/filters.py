@@ -93,10 +93,13 @@ class Filter:
         return "&".join(str(condition) for condition in self.conditions)
 
 
+MATCH_ALL = Filter()
+
+
 def parse_filter(text: str | None) -> Filter:
     """Parse a filter string; raise FilterError with the offending term on bad input."""
     if text is None or text == "":
-        return Filter()
+        return MATCH_ALL
     if not isinstance(text, str):
         raise FilterError("filter must be a string like 'status=eq.pending'")
     if len(text) > MAX_FILTER_LENGTH:
@@ -127,11 +130,10 @@ def _parse_term(term: str) -> Condition:
         )
     if op == "in":
         return Condition(column, op, _parse_list(term, value), negate)
-    if op == "is":
-        if value not in _IS_VALUES:
-            raise FilterError(
-                f"bad value in filter term {term!r}", hint="is. takes null, not_null, true or false"
-            )
+    if op == "is" and value not in _IS_VALUES:
+        raise FilterError(
+            f"bad value in filter term {term!r}", hint="is. takes null, not_null, true or false"
+        )
     return Condition(column, op, (value,), negate)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .events import ChangeEvent, Row, subscription_prefix
-from .filters import Filter, value_key
+from .filters import MATCH_ALL, Filter, value_key
 from .protocol import channel_message_prefix
 
 TableKey = tuple[str, str]
@@ -57,7 +57,7 @@ class Subscription:
         table: str = "",
         channel: str | None = None,
         events: frozenset[str] = frozenset(),
-        filter: Filter = Filter(),
+        filter: Filter = MATCH_ALL,
         columns: frozenset[str] | None = None,
     ) -> None:
         self.id = id

@@ -13,6 +13,7 @@ is skipped (see changelog.py for why the cursor is gap-free).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -94,10 +95,8 @@ class Listener:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         await self._close_connection()
         self.state = ListenerState.STOPPED
 
@@ -176,7 +175,9 @@ class Listener:
         if not self.cursor.initialized:
             await start_cursor(conn, self.cursor, timeout=self.probe_timeout)
         self.state = ListenerState.LISTENING
-        logger.info("listening (backend pid %s) from change id %s", self.backend_pid, self.cursor.last_id)
+        logger.info(
+            "listening (backend pid %s) from change id %s", self.backend_pid, self.cursor.last_id
+        )
         self._ready.set()
         while True:
             if lost.is_set():
@@ -187,10 +188,8 @@ class Listener:
             self.last_read_at = time.monotonic()
             if lost.is_set():
                 raise ConnectionLost("connection terminated")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
     def _dispatch(self, page: list[ChangeEvent]) -> None:

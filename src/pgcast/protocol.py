@@ -16,7 +16,7 @@ import orjson
 
 from .events import OPS
 from .exceptions import ProtocolError
-from .filters import Filter, parse_filter
+from .filters import MATCH_ALL, Filter, parse_filter
 
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 128
@@ -62,7 +62,7 @@ class Subscribe:
     schema: str | None = None
     channel: str | None = None
     events: frozenset[str] = OPS
-    filter: Filter = Filter()
+    filter: Filter = MATCH_ALL
     columns: frozenset[str] | None = None
     since: int | None = None
 
@@ -125,7 +125,7 @@ def _id(message: dict[str, Any]) -> str:
     return value
 
 
-def _name(message: dict[str, Any], key: str, sub_id: str) -> str | None:
+def _name(message: dict[str, Any], key: str) -> str | None:
     value = message.get(key)
     if value is None:
         return None
@@ -138,10 +138,12 @@ def _name(message: dict[str, Any], key: str, sub_id: str) -> str | None:
 
 def _decode_subscribe(message: dict[str, Any]) -> Subscribe:
     sub_id = _id(message)
-    table = _name(message, "table", sub_id)
+    table = _name(message, "table")
     channel = message.get("channel")
     if (table is None) == (channel is None):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "subscribe needs exactly one of 'table' or 'channel'")
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, "subscribe needs exactly one of 'table' or 'channel'"
+        )
     if channel is not None:
         if not isinstance(channel, str) or not CHANNEL_NAME.fullmatch(channel):
             raise ProtocolError(
@@ -157,7 +159,7 @@ def _decode_subscribe(message: dict[str, Any]) -> Subscribe:
     return Subscribe(
         id=sub_id,
         table=table,
-        schema=_name(message, "schema", sub_id),
+        schema=_name(message, "schema"),
         events=_events(message.get("events")),
         filter=parse_filter(_optional_str(message, "filter")),
         columns=_columns(message.get("columns")),
@@ -224,7 +226,12 @@ def encode(message: dict[str, Any]) -> bytes:
 
 def welcome(server: str, position: int) -> bytes:
     return encode(
-        {"type": "welcome", "version": PROTOCOL_VERSION, "server": server, "position": str(position)}
+        {
+            "type": "welcome",
+            "version": PROTOCOL_VERSION,
+            "server": server,
+            "position": str(position),
+        }
     )
 
 

@@ -146,19 +146,20 @@ class Gateway:
         self._catalog: Catalog | None = None
         self._server: asyncio.Server | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._all_closed = asyncio.Event()
         self.started_at = time.time()
 
     # lifecycle -----------------------------------------------------------------
 
     async def start(self, *, ready_timeout: float = 10.0) -> None:
         """Connect to PostgreSQL, start the listener and bind the HTTP/WebSocket port."""
-        self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=4, command_timeout=60
-        )
+        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=60)
         self._catalog = Catalog(self._pool)
         self.listener.start()
         if not await self.listener.wait_ready(ready_timeout):
-            logger.warning("PostgreSQL LISTEN not ready yet (%s); serving anyway", self.listener.last_error)
+            logger.warning(
+                "PostgreSQL LISTEN not ready yet (%s); serving anyway", self.listener.last_error
+            )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._new_connection,
@@ -168,7 +169,9 @@ class Gateway:
             backlog=4096,
         )
         self._spawn(self._prune_periodically(), "pgcast-prune")
-        logger.info("serving on http://%s:%s (ws: /ws, health: /health)", self.settings.host, self.port)
+        logger.info(
+            "serving on http://%s:%s (ws: /ws, health: /health)", self.settings.host, self.port
+        )
 
     @property
     def port(self) -> int:
@@ -182,9 +185,10 @@ class Gateway:
             self._server.close()
         for conn in list(self.clients):
             conn.close(CloseCode.SHUTTING_DOWN, "gateway shutting down: reconnect and resume")
-        deadline = time.monotonic() + timeout
-        while self.clients and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)  # poll for the closing handshakes to finish
+        if self.clients:
+            self._all_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), timeout)
         for conn in list(self.clients):
             conn.abort()
         for task in list(self._background):
@@ -214,7 +218,9 @@ class Gateway:
                 async with self._pool.acquire() as conn:
                     removed = await prune(conn, older_than=self.settings.retention)
                 if removed:
-                    logger.info("pruned %d change log rows older than %s", removed, self.settings.retention)
+                    logger.info(
+                        "pruned %d change log rows older than %s", removed, self.settings.retention
+                    )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning("pruning the change log failed: %s", exc)
             await asyncio.sleep(PRUNE_EVERY)
@@ -268,10 +274,17 @@ class Gateway:
             return None
         if path == "/health":
             health = self.health()
-            status, reason = (200, "OK") if health["status"] == "ok" else (503, "Service Unavailable")
+            status, reason = (
+                (200, "OK") if health["status"] == "ok" else (503, "Service Unavailable")
+            )
             return http_response(status, reason, orjson.dumps(health), "application/json")
         if path == "/":
-            body = {"name": "pgcast", "version": __version__, "websocket": "/ws", "health": "/health"}
+            body = {
+                "name": "pgcast",
+                "version": __version__,
+                "websocket": "/ws",
+                "health": "/health",
+            }
             return http_response(200, "OK", orjson.dumps(body), "application/json")
         return http_response(404, "Not Found", b'{"error":"not found"}', "application/json")
 
@@ -288,12 +301,16 @@ class Gateway:
         if len(client.inbox) >= INBOX_LIMIT and conn.transport is not None:
             conn.transport.pause_reading()  # the client sends faster than we answer
         if client.worker is None:
-            client.worker = asyncio.create_task(self._work(client), name=f"pgcast-client-{conn.peer}")
+            client.worker = asyncio.create_task(
+                self._work(client), name=f"pgcast-client-{conn.peer}"
+            )
 
     def closed(self, conn: WebSocketConnection) -> None:
         client = self.clients.pop(conn, None)
         if client is None:
             return
+        if not self.clients:
+            self._all_closed.set()
         if client.worker is not None:
             client.worker.cancel()
         for sub in client.session.close():
@@ -447,8 +464,13 @@ class Gateway:
         }
 
 
-async def serve(settings: Settings, dsn: str, *, stop: asyncio.Event | None = None,
-                on_ready: Callable[[Gateway], None] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    dsn: str,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Gateway], None] | None = None,
+) -> None:
     """Run a gateway until ``stop`` is set (or forever), then shut down cleanly."""
     gateway = Gateway(settings, dsn)
     await gateway.start()

@@ -212,12 +212,12 @@ class WebSocketConnection(asyncio.Protocol):
     def _on_frame(self, frame: Frame) -> None:
         if frame.opcode is Opcode.TEXT:
             try:
-                text = frame.data.decode()
+                text = bytes(frame.data).decode()
             except UnicodeDecodeError:  # websockets validates UTF-8; defensive only
                 return
             self.app.received(self, text)
         elif frame.opcode is Opcode.BINARY:
-            self.app.received(self, frame.data)
+            self.app.received(self, bytes(frame.data))
 
     def _write_protocol_data(self) -> None:
         assert self.transport is not None

@@ -1,0 +1,244 @@
+"""SQL text of change capture (pure: builds strings, runs nothing).
+
+This module owns the database side of the contract with the gateway: the
+``pgcast`` schema (the ``changes`` log, the ``tracked`` options, the ``state``
+key/value table), the generic ``pgcast.capture()`` trigger function, and the four
+statement-level triggers put on each tracked table. :mod:`pgcast.capture.installer`
+applies this text with asyncpg.
+
+Why statement-level triggers with transition tables: one trigger call per
+statement, whatever the number of rows, so a 100,000-row UPDATE costs one
+``INSERT ... SELECT`` into the log and one notification, instead of 100,000
+trigger calls and ``pg_notify`` calls. PostgreSQL allows only one event per
+trigger that has transition tables, hence four triggers sharing one function.
+
+Identifiers are spliced in only through :func:`pgcast.identifiers.quote_ident`
+(or ``format('%I')`` inside PL/pgSQL); values are always query parameters.
+"""
+
+from __future__ import annotations
+
+from pgcast.identifiers import TableName, quote_ident
+
+__all__ = [
+    "CHANNEL",
+    "INSTALL_LOCK_KEY",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "TRIGGERS",
+    "create_triggers",
+    "drop_triggers",
+    "install_script",
+]
+
+SCHEMA = "pgcast"
+"""The schema that holds every object pgcast creates."""
+
+SCHEMA_VERSION = 1
+"""Version of the objects below; stored as ``pgcast.state['schema_version']``."""
+
+CHANNEL = "pgcast"
+"""The NOTIFY channel the capture trigger wakes the gateway on."""
+
+INSTALL_LOCK_KEY = 0x70676361_7374_01
+"""``pg_advisory_xact_lock`` key serializing concurrent installs ('pgcast' + 1)."""
+
+# (trigger name, event, REFERENCING clause); order is the order of creation.
+TRIGGERS: tuple[tuple[str, str, str], ...] = (
+    ("pgcast_capture_insert", "INSERT", "REFERENCING NEW TABLE AS pgcast_new"),
+    (
+        "pgcast_capture_update",
+        "UPDATE",
+        "REFERENCING OLD TABLE AS pgcast_old NEW TABLE AS pgcast_new",
+    ),
+    ("pgcast_capture_delete", "DELETE", "REFERENCING OLD TABLE AS pgcast_old"),
+    ("pgcast_capture_truncate", "TRUNCATE", ""),
+)
+
+_S = quote_ident(SCHEMA)
+
+_TABLES = f"""
+CREATE SCHEMA IF NOT EXISTS {_S};
+
+CREATE TABLE IF NOT EXISTS {_S}.changes (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    txid xid8 NOT NULL,
+    tx_xmin xid8 NOT NULL,
+    committed_at timestamptz NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    op text NOT NULL,
+    record jsonb,
+    old_record jsonb,
+    changed text[]
+);
+CREATE INDEX IF NOT EXISTS changes_txid_idx ON {_S}.changes (txid);
+
+CREATE TABLE IF NOT EXISTS {_S}.tracked (
+    relid regclass PRIMARY KEY,
+    columns text[],
+    when_changed text[],
+    skip_unchanged boolean NOT NULL DEFAULT true,
+    tracked_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS {_S}.state (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+"""
+
+_CHANGED_COLUMNS = f"""
+CREATE OR REPLACE FUNCTION {_S}.changed_columns(new jsonb, old jsonb)
+RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- jsonb_object_keys + "->" is about a third cheaper than jsonb_each, which
+    -- builds a tuplestore per call.
+    SELECT ARRAY(SELECT k FROM jsonb_object_keys(new) AS k
+                  WHERE new -> k IS DISTINCT FROM old -> k)
+$$;
+COMMENT ON FUNCTION {_S}.changed_columns(jsonb, jsonb) IS
+    'pgcast: keys of new whose value differs from (or is missing in) old, in jsonb key order.';
+"""
+
+# Notes on the function below, which is the hot path of every tracked write:
+# * SECURITY DEFINER: a role that may write the tracked table but has no rights
+#   on the pgcast schema must still be able to write (invariant 7); the fixed
+#   search_path is what makes SECURITY DEFINER safe.
+# * No RAISE and no EXCEPTION block: the trigger must not abort the user's
+#   statement for pgcast's own reasons, and an EXCEPTION block would open a
+#   subtransaction per statement.
+# * PL/pgSQL plans each statement on first execution, so the UPDATE branch that
+#   names pgcast_old is only planned where that transition table exists.
+# * UPDATE pairs old and new rows by ordinal position: PostgreSQL appends the
+#   old and the new tuple of each row to the two transition tables together.
+# * The empty NOTIFY payload lets PostgreSQL fold every notification of one
+#   transaction into one; the gateway reads the rows from the log. Above half a
+#   full queue we stop notifying rather than risk "queue is full" errors; the
+#   gateway's catch-up still finds the rows.
+_CAPTURE = f"""
+CREATE OR REPLACE FUNCTION {_S}.capture()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET work_mem = '64MB'
+AS $fn$
+DECLARE
+    v_txid     xid8        := pg_current_xact_id();
+    v_xmin     xid8        := pg_snapshot_xmin(pg_current_snapshot());
+    v_at       timestamptz := clock_timestamp();
+    v_columns  text[];
+    v_when     text[];
+    v_skip     boolean     := true;
+    v_drop     text[]      := '{{}}';
+    v_rows     bigint      := 0;
+BEGIN
+    SELECT t.columns, t.when_changed, t.skip_unchanged
+      INTO v_columns, v_when, v_skip
+      FROM {_S}.tracked AS t
+     WHERE t.relid = TG_RELID;
+    -- No options row (deleted by hand): capture everything rather than lose writes.
+    v_skip := coalesce(v_skip, true);
+
+    IF v_columns IS NOT NULL AND TG_OP <> 'TRUNCATE' THEN
+        -- Read the column list now, not at track time, so columns added later
+        -- are projected away too.
+        SELECT coalesce(array_agg(a.attname::text), '{{}}')
+          INTO v_drop
+          FROM pg_attribute AS a
+         WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped
+           AND a.attname::text <> ALL (v_columns);
+    END IF;
+
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {_S}.changes
+               (txid, tx_xmin, committed_at, schema_name, table_name, op, record)
+        SELECT v_txid, v_xmin, v_at, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'INSERT',
+               to_jsonb(n) - v_drop
+          FROM pgcast_new AS n;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO {_S}.changes
+               (txid, tx_xmin, committed_at, schema_name, table_name, op,
+                record, old_record, changed)
+        SELECT v_txid, v_xmin, v_at, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'UPDATE',
+               n.record, o.old_record, c.changed
+          FROM (SELECT row_number() OVER () AS ord, to_jsonb(t) - v_drop AS record
+                  FROM pgcast_new AS t) AS n
+          JOIN (SELECT row_number() OVER () AS ord, to_jsonb(t) - v_drop AS old_record
+                  FROM pgcast_old AS t) AS o
+            ON o.ord = n.ord
+         CROSS JOIN LATERAL (
+               -- The body of changed_columns(), inlined: PostgreSQL cannot inline a
+               -- SQL function containing a sub-select, and calling it per row
+               -- costs about twice as much as this.
+               SELECT ARRAY(SELECT k FROM jsonb_object_keys(n.record) AS k
+                             WHERE n.record -> k IS DISTINCT FROM o.old_record -> k)
+                      AS changed) AS c
+         WHERE (NOT v_skip OR cardinality(c.changed) > 0)
+           AND (v_when IS NULL OR c.changed && v_when)
+         ORDER BY n.ord;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO {_S}.changes
+               (txid, tx_xmin, committed_at, schema_name, table_name, op, old_record)
+        SELECT v_txid, v_xmin, v_at, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'DELETE',
+               to_jsonb(o) - v_drop
+          FROM pgcast_old AS o;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+
+    ELSIF TG_OP = 'TRUNCATE' THEN
+        INSERT INTO {_S}.changes
+               (txid, tx_xmin, committed_at, schema_name, table_name, op)
+        VALUES (v_txid, v_xmin, v_at, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'TRUNCATE');
+        v_rows := 1;
+    END IF;
+
+    IF v_rows > 0 AND pg_notification_queue_usage() < 0.5 THEN
+        PERFORM pg_notify('{CHANNEL}', '');
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+COMMENT ON FUNCTION {_S}.capture() IS
+    'pgcast: statement-level capture of tracked tables into pgcast.changes.';
+"""
+
+
+def install_script() -> str:
+    """The idempotent DDL that creates (or upgrades to) :data:`SCHEMA_VERSION`.
+
+    Run it inside a transaction holding ``pg_advisory_xact_lock(INSTALL_LOCK_KEY)``;
+    ``IF NOT EXISTS`` alone still races on the catalogs when two processes install
+    at once. It does not record the version; the installer does, as a parameter.
+    """
+    return _TABLES + _CHANGED_COLUMNS + _CAPTURE
+
+
+def create_triggers(table: TableName) -> list[str]:
+    """Statements putting the four capture triggers on ``table`` (schema-qualified)."""
+    target = table.quoted()
+    return [
+        " ".join(
+            part
+            for part in (
+                f"CREATE TRIGGER {quote_ident(name)} AFTER {event} ON {target}",
+                referencing,
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {_S}.capture()",
+            )
+            if part
+        )
+        for name, event, referencing in TRIGGERS
+    ]
+
+
+def drop_triggers(table: TableName) -> list[str]:
+    """Statements removing the four capture triggers from ``table``, if present."""
+    target = table.quoted()
+    return [f"DROP TRIGGER IF EXISTS {quote_ident(name)} ON {target}" for name, _, _ in TRIGGERS]
