@@ -53,6 +53,7 @@ class ProtocolError(PgcastError):
     def __init__(self, code: str, message: str, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.code = code
+        self.sub_id: str | None = None  # the refused message's id, when it had a valid one
 
 
 class FilterError(ProtocolError):

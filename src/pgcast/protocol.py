@@ -98,6 +98,16 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"frame is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame must be a JSON object with a 'type'")
+    try:
+        return _decode(message)
+    except ProtocolError as exc:
+        raw_id = message.get("id")
+        if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_ID_LENGTH:
+            exc.sub_id = raw_id
+        raise
+
+
+def _decode(message: dict[str, Any]) -> ClientMessage:
     kind = message.get("type")
     if kind == "subscribe":
         return _decode_subscribe(message)

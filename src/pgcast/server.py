@@ -357,7 +357,7 @@ class Gateway:
                     ErrorCode.NOT_SUPPORTED, f"{message.type!r} is not enabled on this gateway"
                 )
         except ProtocolError as exc:
-            conn.send(protocol.error(exc.code, str(exc), sub_id))
+            conn.send(protocol.error(exc.code, str(exc), sub_id or exc.sub_id))
 
     async def _subscribe(self, client: Client, request: Subscribe) -> None:
         conn = client.conn
