@@ -112,7 +112,15 @@ def _error(
 
 async def installed_version(conn: asyncpg.Connection) -> int | None:
     """The pgcast schema version installed in the database, or ``None``."""
-    has_state = await conn.fetchval("SELECT to_regclass('pgcast.state') IS NOT NULL")
+    # Scan the catalogs rather than call to_regclass(): a scan reads them with a fresh
+    # snapshot (and, by locking pg_class, makes the backend apply pending catalog
+    # invalidations), whereas name lookups can answer from a cache that predates
+    # an install another process committed while we waited for the install lock.
+    has_state = await conn.fetchval(
+        "SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relname = 'state')",
+        sql.SCHEMA,
+    )
     if not has_state:
         return None
     value = await conn.fetchval("SELECT value FROM pgcast.state WHERE key = 'schema_version'")
@@ -455,15 +463,16 @@ async def prune(
                     cutoff,
                     batch_size,
                 )
-                if row["n"]:
+                removed: int = row["n"]
+                if removed:
                     await conn.execute(
                         "INSERT INTO pgcast.state (key, value) VALUES ('pruned_through', $1) "
                         "ON CONFLICT (key) DO UPDATE SET value = "
                         "greatest(pgcast.state.value::bigint, EXCLUDED.value::bigint)::text",
                         str(row["last"]),
                     )
-            deleted += row["n"]
-            if row["n"] < batch_size:
+            deleted += removed
+            if removed < batch_size:
                 return deleted
     except asyncpg.PostgresError as exc:
         raise _error("could not prune the change log", exc) from exc
