@@ -15,8 +15,8 @@ were already read. Two mechanisms make reads gap-free:
   when the row ``since`` was written: those with ``txid >= tx_xmin`` of that row.
   The client drops the ids it already holds.
 
-Every read runs in one REPEATABLE READ, READ ONLY transaction so its rows and the
-snapshot it reasons about are the same.
+A live read is one statement, so its rows and the snapshot it reasons about are the
+same; a replay runs in one REPEATABLE READ, READ ONLY transaction for the same reason.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import asyncpg
 
 from .events import ChangeEvent
 
@@ -59,20 +61,37 @@ class LogCursor:
     """Where the live reader stands.
 
     ``last_id``: every committed row with a higher id is still to be read.
-    ``pending``: transactions in progress at the read snapshot; their rows may sit at
-    or below ``last_id`` once they commit. ``seen_late``: rows of ``pending``
-    transactions already delivered by a read that did not complete.
+    ``pending``: transactions in progress at the last read's snapshot; their rows
+    may sit at or below ``last_id`` once they commit.
     """
 
     last_id: int = 0
     pending: list[int] = field(default_factory=list)
-    seen_late: set[int] = field(default_factory=set)
     initialized: bool = False
 
 
-async def _snapshot_pending(conn: Connection) -> list[int]:
-    rows = await conn.fetch("SELECT pg_snapshot_xip(pg_current_snapshot())::text::bigint AS x")
-    return [row["x"] for row in rows]
+_HEAD = """
+SELECT coalesce((SELECT max(id) FROM pgcast.changes), 0) AS head,
+       ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot())::text::bigint) AS pending
+"""
+
+_XIP = "SELECT ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot())::text::bigint) AS pending"
+
+# One statement, hence one snapshot, and one round trip: the rows of transactions
+# that were pending at the previous read (at or below last_id), the next page above
+# last_id, and the transactions still in progress in this very snapshot. The outer
+# join yields one row even when there are no changes, to carry `pending`.
+_READ = f"""
+WITH snap AS MATERIALIZED (
+    SELECT ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot())::text::bigint) AS pending,
+           (SELECT value::bigint FROM pgcast.state WHERE key = 'pruned_through') AS pruned
+), found AS (
+    ({_SELECT} WHERE txid = ANY($1::text[]::xid8[]) AND id <= $2)
+    UNION ALL
+    ({_SELECT} WHERE id > $2 ORDER BY id LIMIT $3)
+)
+SELECT snap.pending, snap.pruned, found.* FROM snap LEFT JOIN found ON true ORDER BY found.id
+"""
 
 
 async def log_installed(conn: Connection) -> bool:
@@ -81,70 +100,55 @@ async def log_installed(conn: Connection) -> bool:
 
 async def start_cursor(conn: Connection, cursor: LogCursor, *, timeout: float | None) -> None:
     """Position a fresh cursor at the head of the log."""
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        head = 0
-        if await log_installed(conn):
-            head = await conn.fetchval(
-                "SELECT coalesce(max(id), 0) FROM pgcast.changes", timeout=timeout
-            )
-        cursor.pending = await _snapshot_pending(conn)
+    try:
+        row = await conn.fetchrow(_HEAD, timeout=timeout)
+        head, pending = row["head"], row["pending"]
+    except asyncpg.UndefinedTableError:  # pgcast not installed yet: start from 0
+        head, pending = 0, await conn.fetchval(_XIP, timeout=timeout)
     cursor.last_id = head
-    cursor.seen_late.clear()
+    cursor.pending = list(pending)
     cursor.initialized = True
+
+
+@dataclass
+class LogRead:
+    """One live read: changes in id order, whether more may wait, and any gap.
+
+    ``gap_through`` is set when the log was pruned past rows this reader had not
+    read yet (it was away longer than the retention): those changes are lost to
+    live subscribers, who must be told (``resync``).
+    """
+
+    changes: list[ChangeEvent]
+    more: bool = False
+    gap_through: int | None = None
 
 
 async def read_new(
     conn: Connection, cursor: LogCursor, *, timeout: float | None, page_size: int = PAGE_SIZE
-) -> AsyncIterator[list[ChangeEvent]]:
-    """Yield pages of changes committed since the cursor's last read, advancing it.
+) -> LogRead:
+    """Read changes committed since the cursor's last read and advance the cursor.
 
-    The cursor advances with every page, so a read cut short by a lost connection
-    resumes where it stopped: no page is yielded twice, none is skipped.
+    Rows at or below the new ``last_id`` that are not visible yet belong to
+    transactions in progress in this read's snapshot, which become ``pending``.
     """
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        new_pending = await _snapshot_pending(conn)
-        if not await log_installed(conn):
-            cursor.pending = new_pending
-            return
-        if cursor.pending:
-            late = [
-                row
-                for row in await conn.fetch(
-                    _SELECT + "WHERE txid = ANY($1::text[]::xid8[]) AND id <= $2 ORDER BY id",
-                    [str(x) for x in cursor.pending],
-                    cursor.last_id,
-                    timeout=timeout,
-                )
-                if row["id"] not in cursor.seen_late
-            ]
-            if late:
-                cursor.seen_late.update(row["id"] for row in late)
-                yield [change_from_row(row) for row in late]
-        watched = set(cursor.pending)
-        widened = False
-        while True:
-            rows = await conn.fetch(
-                _SELECT + "WHERE id > $1 ORDER BY id LIMIT $2",
-                cursor.last_id,
-                page_size,
-                timeout=timeout,
-            )
-            if rows:
-                if not widened:
-                    # Past this point last_id comes from this snapshot, so transactions
-                    # open in it must be watched too (until the read completes).
-                    cursor.pending = sorted(set(cursor.pending) | set(new_pending))
-                    widened = True
-                cursor.last_id = rows[-1]["id"]
-                if watched:
-                    # Should this read fail, the next one fetches these transactions'
-                    # rows again by txid; remember which were already delivered.
-                    cursor.seen_late.update(r["id"] for r in rows if r["txid"] in watched)
-                yield [change_from_row(row) for row in rows]
-            if len(rows) < page_size:
-                break
-    cursor.pending = new_pending
-    cursor.seen_late.clear()
+    try:
+        rows = await conn.fetch(
+            _READ, [str(x) for x in cursor.pending], cursor.last_id, page_size, timeout=timeout
+        )
+    except asyncpg.UndefinedTableError:
+        cursor.pending = list(await conn.fetchval(_XIP, timeout=timeout))
+        return LogRead([])
+    changes = [change_from_row(row) for row in rows if row["id"] is not None]
+    tail = sum(1 for change in changes if change.id > cursor.last_id)
+    pruned = rows[0]["pruned"]
+    gap = pruned if pruned is not None and pruned > cursor.last_id else None
+    if changes:
+        cursor.last_id = max(cursor.last_id, changes[-1].id)
+    if gap is not None:
+        cursor.last_id = max(cursor.last_id, gap)
+    cursor.pending = list(rows[0]["pending"])
+    return LogRead(changes, tail >= page_size, gap)
 
 
 @dataclass

@@ -52,6 +52,7 @@ class Listener:
         *,
         on_changes: Callable[[list[ChangeEvent]], None],
         on_message: Callable[[str, str], None],
+        on_gap: Callable[[int], None] = lambda _: None,
         poll_interval: float = 1.0,
         probe_timeout: float = 5.0,
         backoff_factory: Callable[[], Iterator[float]] = backoff,
@@ -59,6 +60,7 @@ class Listener:
         self.dsn = dsn
         self._on_changes = on_changes
         self._on_message = on_message
+        self._on_gap = on_gap
         self.poll_interval = poll_interval
         self.probe_timeout = probe_timeout
         self._backoff_factory = backoff_factory
@@ -183,8 +185,19 @@ class Listener:
             if lost.is_set():
                 raise ConnectionLost("connection terminated")
             await self._sync_channels(conn)
-            async for page in read_new(conn, self.cursor, timeout=self.probe_timeout):
-                self._dispatch(page)
+            more = True
+            while more:
+                read = await read_new(conn, self.cursor, timeout=self.probe_timeout)
+                more = read.more
+                if read.gap_through is not None:
+                    logger.error(
+                        "the change log was pruned through id %s before this gateway read it; "
+                        "live subscribers are told to resync",
+                        read.gap_through,
+                    )
+                    self._on_gap(read.gap_through)
+                if read.changes:
+                    self._dispatch(read.changes)
             self.last_read_at = time.monotonic()
             if lost.is_set():
                 raise ConnectionLost("connection terminated")

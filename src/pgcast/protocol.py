@@ -29,6 +29,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
     SHUTTING_DOWN = 4000
     SLOW_CONSUMER = 4001
     PROTOCOL_VIOLATION = 4500
@@ -234,13 +235,14 @@ def encode(message: dict[str, Any]) -> bytes:
     return orjson.dumps(message)
 
 
-def welcome(server: str, position: int) -> bytes:
+def welcome(server: str, position: int | None) -> bytes:
+    """``position`` is the log head the gateway reads from; None until it first connected."""
     return encode(
         {
             "type": "welcome",
             "version": PROTOCOL_VERSION,
             "server": server,
-            "position": str(position),
+            "position": None if position is None else str(position),
         }
     )
 

@@ -27,7 +27,7 @@ from .capture.installer import prune
 from .changelog import Replay, replay
 from .config import Settings
 from .events import ChangeEvent
-from .exceptions import ProtocolError
+from .exceptions import DatabaseUnavailable, ProtocolError
 from .hub import Hub, Subscription
 from .listener import Listener, ListenerState
 from .protocol import CloseCode, ErrorCode, Subscribe, Unsubscribe
@@ -137,6 +137,7 @@ class Gateway:
             dsn,
             on_changes=self.dispatch,
             on_message=self.deliver_message,
+            on_gap=self.resync_all,
             poll_interval=settings.poll_interval,
             probe_timeout=settings.probe_interval,
         )
@@ -153,7 +154,15 @@ class Gateway:
 
     async def start(self, *, ready_timeout: float = 10.0) -> None:
         """Connect to PostgreSQL, start the listener and bind the HTTP/WebSocket port."""
-        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=60)
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=4, command_timeout=60
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL: {exc}",
+                hint="check --database-url / PGCAST_DATABASE_URL / DATABASE_URL",
+            ) from None
         self._catalog = Catalog(self._pool)
         self.listener.start()
         if not await self.listener.wait_ready(ready_timeout):
@@ -254,6 +263,17 @@ class Gateway:
         self.changes_in += len(changes)
         self.deliveries_out += deliveries
 
+    def resync_all(self, pruned_through: int) -> None:
+        """Tell every table subscriber that changes were lost to pruning: refetch."""
+        reason = (
+            f"the change log was pruned through id {pruned_through} before this gateway "
+            "read it: refetch"
+        )
+        for client in self.clients.values():
+            for sub in client.session.subscriptions.values():
+                if sub.channel is None:
+                    client.conn.send(protocol.resync(sub.id, reason))
+
     def deliver_message(self, channel: str, payload: str) -> None:
         """Pass a raw NOTIFY on ``channel`` to its subscribers."""
         subs = self.hub.channel_subscribers(channel)
@@ -291,7 +311,8 @@ class Gateway:
     def opened(self, conn: WebSocketConnection) -> None:
         session = Session(conn, max_subscriptions=self.settings.max_subscriptions)
         self.clients[conn] = Client(conn, session)
-        conn.send(protocol.welcome(SERVER_NAME, self.listener.cursor.last_id))
+        cursor = self.listener.cursor
+        conn.send(protocol.welcome(SERVER_NAME, cursor.last_id if cursor.initialized else None))
 
     def received(self, conn: WebSocketConnection, data: str | bytes) -> None:
         client = self.clients.get(conn)
@@ -329,7 +350,7 @@ class Gateway:
             raise
         except Exception:
             logger.exception("handling a message from %s failed", client.conn.peer)
-            client.conn.close(CloseCode.PROTOCOL_VIOLATION, "internal error")
+            client.conn.close(CloseCode.INTERNAL_ERROR, "internal error: reconnect")
         finally:
             client.worker = None
 
@@ -431,8 +452,16 @@ class Gateway:
                 hint="allowed patterns: " + ", ".join(self.settings.channels),
             )
         sub = client.session.open(request)
-        if self.hub.add_channel(sub):
-            await self.listener.listen(channel, timeout=self.settings.probe_interval)
+        self.hub.add_channel(sub)
+        # `subscribed` promises a live stream: only once LISTEN is in effect.
+        if not await self.listener.listen(channel, timeout=self.settings.probe_interval):
+            client.session.close_subscription(sub.id)
+            self._forget(sub)
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE,
+                f"cannot LISTEN on {channel!r} now: PostgreSQL is unreachable",
+                hint="retry the subscription later",
+            )
         client.conn.send(protocol.subscribed(sub.id, channel=channel))
 
     def _forget(self, sub: Subscription) -> None:
