@@ -11,12 +11,23 @@ from pgcast.filters import parse_filter
 from pgcast.hub import Hub, Subscription, SubscriptionState
 
 
-def sub(sid: str, table: str = "orders", flt: str = "", events: frozenset[str] = OPS) -> Subscription:
-    return Subscription(sid, owner=None, schema="public", table=table, events=events, filter=parse_filter(flt))
+def sub(
+    sid: str, table: str = "orders", flt: str = "", events: frozenset[str] = OPS
+) -> Subscription:
+    return Subscription(
+        sid, owner=None, schema="public", table=table, events=events, filter=parse_filter(flt)
+    )
 
 
-def change(op: str, record: dict[str, object] | None, old: dict[str, object] | None = None, table: str = "orders") -> ChangeEvent:
-    return ChangeEvent.from_dicts(id=1, schema="public", table=table, op=op, record=record, old_record=old)
+def change(
+    op: str,
+    record: dict[str, object] | None,
+    old: dict[str, object] | None = None,
+    table: str = "orders",
+) -> ChangeEvent:
+    return ChangeEvent.from_dicts(
+        id=1, schema="public", table=table, op=op, record=record, old_record=old
+    )
 
 
 def ids(subs: list[Subscription]) -> set[str]:
@@ -33,9 +44,16 @@ def test_routes_by_table_filter_and_event() -> None:
         sub("other", table="invoices"),
     ]:
         hub.add(s)
-    assert ids(hub.match(change("INSERT", {"status": "pending", "amount": 5}))) == {"all", "pending"}
+    assert ids(hub.match(change("INSERT", {"status": "pending", "amount": 5}))) == {
+        "all",
+        "pending",
+    }
     assert ids(hub.match(change("INSERT", {"status": "x", "amount": 500}))) == {"all", "big"}
-    assert ids(hub.match(change("DELETE", None, {"status": "pending", "amount": 1}))) == {"all", "pending", "deletes"}
+    assert ids(hub.match(change("DELETE", None, {"status": "pending", "amount": 1}))) == {
+        "all",
+        "pending",
+        "deletes",
+    }
     assert ids(hub.match(change("INSERT", {"a": 1}, table="unknown"))) == set()
 
 
@@ -107,37 +125,70 @@ def test_wrong_state_transition_names_expected_state() -> None:
 
 def test_change_body_is_encoded_once_per_projection() -> None:
     c = ChangeEvent.from_dicts(
-        id=42, schema="public", table="orders", op="UPDATE",
-        record={"id": 1, "status": "b", "note": "n"}, old_record={"id": 1, "status": "a", "note": "n"},
-        changed=["status"], txid=9, committed_at="2026-11-21T12:00:00.000000Z",
+        id=42,
+        schema="public",
+        table="orders",
+        op="UPDATE",
+        record={"id": 1, "status": "b", "note": "n"},
+        old_record={"id": 1, "status": "a", "note": "n"},
+        changed=["status"],
+        txid=9,
+        committed_at="2026-11-21T12:00:00.000000Z",
     )
     assert c.body() is c.body()
     message = c.to_message("s1")
     assert message == {
-        "type": "change", "sub": "s1", "id": "42", "schema": "public", "table": "orders",
-        "op": "UPDATE", "record": {"id": 1, "status": "b", "note": "n"},
-        "old_record": {"id": 1, "status": "a", "note": "n"}, "changed": ["status"],
-        "txid": "9", "committed_at": "2026-11-21T12:00:00.000000Z",
+        "type": "change",
+        "sub": "s1",
+        "id": "42",
+        "schema": "public",
+        "table": "orders",
+        "op": "UPDATE",
+        "record": {"id": 1, "status": "b", "note": "n"},
+        "old_record": {"id": 1, "status": "a", "note": "n"},
+        "changed": ["status"],
+        "txid": "9",
+        "committed_at": "2026-11-21T12:00:00.000000Z",
     }
     projected = orjson.loads(b"{" + c.body(frozenset({"id", "status"})))
     assert projected["record"] == {"id": 1, "status": "b"}
 
 
 rows = st.fixed_dictionaries(
-    {"status": st.sampled_from(["a", "b", "c", None]), "amount": st.integers(-3, 3), "tenant": st.integers(1, 3)}
+    {
+        "status": st.sampled_from(["a", "b", "c", None]),
+        "amount": st.integers(-3, 3),
+        "tenant": st.integers(1, 3),
+    }
 )
 filters = st.lists(
     st.sampled_from(
-        ["status=eq.a", "status=eq.b", "amount=gt.0", "amount=eq.1", "tenant=in.(1,2)", "status=is.null",
-         "tenant=eq.3", "status=neq.a", "amount=not.eq.0"]
+        [
+            "status=eq.a",
+            "status=eq.b",
+            "amount=gt.0",
+            "amount=eq.1",
+            "tenant=in.(1,2)",
+            "status=is.null",
+            "tenant=eq.3",
+            "status=neq.a",
+            "amount=not.eq.0",
+        ]
     ),
     max_size=3,
 ).map("&".join)
 
 
 @settings(max_examples=200)
-@given(st.lists(filters, min_size=1, max_size=12), st.sampled_from(["INSERT", "UPDATE", "DELETE"]), rows, rows)
-def test_indexed_match_equals_brute_force(flts: list[str], op: str, new: dict[str, object], old: dict[str, object]) -> None:
+@given(
+    st.lists(filters, min_size=1, max_size=12),
+    st.sampled_from(["INSERT", "UPDATE", "DELETE"]),
+    rows,
+    rows,
+)
+def test_indexed_match_equals_brute_force(
+    flts: list[str], op: str, new: dict[str, object], old: dict[str, object]
+) -> None:
     hub = Hub()
     subs = [sub(f"s{i}", flt=f) for i, f in enumerate(flts)]
     for s in subs:
