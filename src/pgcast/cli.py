@@ -151,7 +151,7 @@ async def cmd_track(args: argparse.Namespace) -> int:
         for table in args.tables:
             tracked = await installer.track(conn, table, options)
             key = ", ".join(tracked.primary_key) or "none: events carry whole rows"
-            print(f"tracking {tracked.schema}.{tracked.name} (primary key: {key})")
+            print(f"tracking {tracked.table} (primary key: {key})")
     finally:
         await conn.close()
     return EXIT_OK
@@ -175,7 +175,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
         stats = await installer.log_stats(conn)
         listeners = await conn.fetch(
             "SELECT pid, client_addr::text AS addr, backend_start, state "
-            "FROM pg_stat_activity WHERE application_name = 'pgcast-listener'"
+            "FROM pg_stat_activity WHERE application_name = 'pgcast-listener' "
+            "AND datname = current_database()"
         )
         queue = await conn.fetchval("SELECT pg_notification_queue_usage()")
     finally:
@@ -218,7 +219,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"tracked tables: {len(tables)}")
     for t in report["tables"]:
-        print(f"  {t['schema']}.{t['table']}  changes in log: {t['changes']}")
+        print(f"  {TableName(t['schema'], t['table'])}  changes in log: {t['changes']}")
     log = report["log"]
     print(
         f"change log: {log['rows']} rows, {log['bytes']} bytes, "
@@ -287,7 +288,12 @@ async def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    await serve(settings, dsn, stop=stop, on_ready=ready)
+    try:
+        await serve(settings, dsn, stop=stop, on_ready=ready)
+    except OSError as exc:  # binding --host/--port (database errors are PgcastErrors)
+        raise PgcastError(
+            f"cannot start the gateway: {exc}", hint="choose a free --port and a local --host"
+        ) from None
     return EXIT_OK
 
 
