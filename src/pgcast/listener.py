@@ -88,7 +88,8 @@ class Listener:
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until the listener has connected once; False on timeout."""
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
         except TimeoutError:
             return False
         return True
@@ -97,8 +98,8 @@ class Listener:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Bounded: a worker stuck in a driver call must not hang shutdown.
+            await asyncio.wait({task}, timeout=5)
         await self._close_connection()
         self.state = ListenerState.STOPPED
 
@@ -115,7 +116,8 @@ class Listener:
         self._channel_waiters.setdefault(channel, []).append(future)
         self._wake.set()
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(future)
         except TimeoutError:
             return False
         finally:
@@ -201,8 +203,11 @@ class Listener:
             self.last_read_at = time.monotonic()
             if lost.is_set():
                 raise ConnectionLost("connection terminated")
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+            # cancellation that stop() sends, leaving the worker running forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     def _dispatch(self, page: list[ChangeEvent]) -> None:

@@ -197,7 +197,8 @@ class Gateway:
         if self.clients:
             self._all_closed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._all_closed.wait()
         for conn in list(self.clients):
             conn.abort()
         for task in list(self._background):
@@ -502,10 +503,10 @@ async def serve(
 ) -> None:
     """Run a gateway until ``stop`` is set (or forever), then shut down cleanly."""
     gateway = Gateway(settings, dsn)
-    await gateway.start()
-    if on_ready is not None:
-        on_ready(gateway)
     try:
+        await gateway.start()
+        if on_ready is not None:
+            on_ready(gateway)
         await (stop.wait() if stop is not None else asyncio.Event().wait())
     finally:
         with contextlib.suppress(Exception):

@@ -718,12 +718,6 @@ async def test_serve_on_a_busy_port_is_a_clear_error(cli: Cli) -> None:
     assert "cannot start the gateway" in bad_host.stderr
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="server.serve() does not stop a gateway whose start() failed after its "
-    "listener started: asyncio then prints 'Task was destroyed but it is pending' or a "
-    "'RuntimeError: Event loop is closed' traceback (about 6 runs in 10)",
-)
 async def test_serve_on_a_busy_port_leaves_no_pending_tasks(cli: Cli) -> None:
     for _ in range(3):
         result = await serve_on_busy_port(cli)

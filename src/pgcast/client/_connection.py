@@ -523,7 +523,8 @@ class Client:
         # A failed send means the connection is going away; the reader reports the
         # close and the reconnect resends whatever is still needed.
         with contextlib.suppress(ConnectionClosed, TimeoutError):
-            await asyncio.wait_for(ws.send(encode(message)), self._close_timeout)
+            async with asyncio.timeout(self._close_timeout):
+                await ws.send(encode(message))
 
     # -- connection loop
 
@@ -599,7 +600,8 @@ class Client:
 
     async def _serve(self, ws: ClientConnection) -> ConnectionRejected | None:
         try:
-            raw = await asyncio.wait_for(ws.recv(), self._open_timeout)
+            async with asyncio.timeout(self._open_timeout):
+                raw = await ws.recv()
         except TimeoutError:
             logger.warning("no welcome from %s within %ss", self.url, self._open_timeout)
             return None
@@ -681,7 +683,8 @@ class Client:
                 self._activity.clear()
                 await ws.send(_PING)
                 try:
-                    await asyncio.wait_for(self._activity.wait(), self._ping_timeout)
+                    async with asyncio.timeout(self._ping_timeout):
+                        await self._activity.wait()
                 except TimeoutError:
                     logger.warning(
                         "no pong from %s within %ss; reconnecting", self.url, self._ping_timeout
