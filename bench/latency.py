@@ -48,8 +48,10 @@ async def prepare(dsn: str, target: str) -> None:
     if target == "pgcast":
         await track(conn, parse_table_name(TABLE))
     else:
+        # trigger.sql is a psql script: drop its psql meta-commands, bind :"table".
         sql = (ROOT / "bench" / "baseline" / "trigger.sql").read_text()
-        await conn.execute(sql.replace("{table}", TABLE))
+        lines = [line for line in sql.splitlines() if not line.startswith("\\")]
+        await conn.execute("\n".join(lines).replace(':"table"', f'"{TABLE}"'))
     await conn.close()
 
 

@@ -206,7 +206,11 @@ class Gateway:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.listener.stop()
         if self._pool is not None:
-            await self._pool.close()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._pool.close()
+            except TimeoutError:  # a connection to a dead server never answers
+                self._pool.terminate()
         if self._server is not None:
             await self._server.wait_closed()
 
