@@ -23,21 +23,20 @@ async def items(conn: asyncpg.Connection) -> asyncpg.Connection:
 async def test_dead_listen_connection_is_detected_and_nothing_is_lost(
     database_url: str, items: asyncpg.Connection, failure: str
 ) -> None:
-    async with tcp_proxy(database_url) as proxy:
-        async with (
-            running_gateway(
-                proxy.dsn(database_url), poll_interval=0.2, probe_interval=1.0
-            ) as gateway,
-            ws_client(gateway) as client,
-        ):
-            await client.subscribe("s", table="items")
-            await items.execute("INSERT INTO items VALUES (1)")
-            assert [c["record"]["id"] for c in await client.changes(1)] == [1]
-            # freeze: packets stop, sockets stay open (a dead peer, a pulled cable)
-            proxy.freeze() if failure == "freeze" else proxy.cut()
-            await items.execute("INSERT INTO items SELECT g FROM generate_series(2, 5) g")
-            await items.execute("INSERT INTO items VALUES (6)")
-            # probe timeout 1 s + backoff: well within the 10 s the client waits
-            got = await client.changes(5, timeout=10)
-            assert [c["record"]["id"] for c in got] == [2, 3, 4, 5, 6]
-            assert gateway.listener.reconnects >= 1
+    async with (
+        tcp_proxy(database_url) as proxy, running_gateway(
+            proxy.dsn(database_url), poll_interval=0.2, probe_interval=1.0
+        ) as gateway,
+        ws_client(gateway) as client,
+    ):
+        await client.subscribe("s", table="items")
+        await items.execute("INSERT INTO items VALUES (1)")
+        assert [c["record"]["id"] for c in await client.changes(1)] == [1]
+        # freeze: packets stop, sockets stay open (a dead peer, a pulled cable)
+        proxy.freeze() if failure == "freeze" else proxy.cut()
+        await items.execute("INSERT INTO items SELECT g FROM generate_series(2, 5) g")
+        await items.execute("INSERT INTO items VALUES (6)")
+        # probe timeout 1 s + backoff: well within the 10 s the client waits
+        got = await client.changes(5, timeout=10)
+        assert [c["record"]["id"] for c in got] == [2, 3, 4, 5, 6]
+        assert gateway.listener.reconnects >= 1
