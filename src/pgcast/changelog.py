@@ -4,11 +4,14 @@ Log ids come from a sequence, so they are allocated in statement order, not comm
 order: a transaction can commit a row with a lower id after rows with higher ids
 were already read. Two mechanisms make reads gap-free:
 
-* The live cursor (``LogCursor``) remembers the transactions that were still in
-  progress when it last read (``pg_snapshot_xip`` of its read snapshot). The next
-  read fetches ``id > last_id`` plus every row of those transactions. A transaction
-  that was not yet running at the last read can only allocate ids above ``last_id``
-  (its log rows are written after its first write, which is after that snapshot).
+* The live cursor (``LogCursor``) remembers which transactions its last read's
+  snapshot saw as in progress: those in ``pg_snapshot_xip`` and every xid at or
+  above ``pg_snapshot_xmax`` (xmax is the latest *completed* xid + 1, so running
+  transactions younger than that are not listed in xip; missing them loses
+  changes under concurrent writers). The next read fetches ``id > last_id`` plus
+  those transactions' rows at or below ``last_id``. A row at or below ``last_id``
+  was allocated before that snapshot, so its transaction either committed (read
+  then), aborted, or was in progress then.
 
 * A replay from a client position ``since`` fetches ``id > since`` plus the rows at
   or below ``since`` of every other transaction that could still have been running
@@ -28,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from .events import ChangeEvent
+from .identifiers import quote_ident
 
 PAGE_SIZE = 5000
 
@@ -61,36 +65,47 @@ class LogCursor:
     """Where the live reader stands.
 
     ``last_id``: every committed row with a higher id is still to be read.
-    ``pending``: transactions in progress at the last read's snapshot; their rows
-    may sit at or below ``last_id`` once they commit.
+    ``pending`` and ``xmax``: the transactions the last read's snapshot saw as in
+    progress: those listed in its ``xip`` and every xid at or above its ``xmax``
+    (PostgreSQL lists only running xids below ``xmax``, which is the latest
+    *completed* xid + 1, so younger running transactions are not in ``xip``). Their
+    rows may sit at or below ``last_id`` once they commit.
     """
 
     last_id: int = 0
     pending: list[int] = field(default_factory=list)
+    xmax: int = 0
     initialized: bool = False
 
 
-_HEAD = """
-SELECT coalesce((SELECT max(id) FROM pgcast.changes), 0) AS head,
-       ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot())::text::bigint) AS pending
+_SNAPSHOT_COLUMNS = """
+       ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot())::text::bigint) AS pending,
+       pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax"""
+
+_HEAD = f"""
+SELECT coalesce((SELECT max(id) FROM pgcast.changes), 0) AS head,{_SNAPSHOT_COLUMNS}
 """
 
-_XIP = "SELECT ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot())::text::bigint) AS pending"
+_XIP = f"SELECT {_SNAPSHOT_COLUMNS}"
+
+# Rows of transactions that were in progress at a snapshot (xip list $1, xmax $2).
+_OPEN_THEN = "(txid = ANY($1::text[]::xid8[]) OR txid >= $2::text::xid8)"
 
 # One statement, hence one snapshot, and one round trip: the rows of transactions
-# that were pending at the previous read (at or below last_id), the next page above
-# last_id, and the transactions still in progress in this very snapshot. The outer
-# join yields one row even when there are no changes, to carry `pending`.
+# that were in progress at the previous read (at or below last_id), the next page
+# above last_id, and this snapshot's in-progress transactions. The outer join yields
+# one row even when there are no changes, to carry the snapshot columns.
 _READ = f"""
 WITH snap AS MATERIALIZED (
-    SELECT ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot())::text::bigint) AS pending,
+    SELECT {_SNAPSHOT_COLUMNS},
            (SELECT value::bigint FROM pgcast.state WHERE key = 'pruned_through') AS pruned
 ), found AS (
-    ({_SELECT} WHERE txid = ANY($1::text[]::xid8[]) AND id <= $2)
+    ({_SELECT} WHERE {_OPEN_THEN} AND id <= $3)
     UNION ALL
-    ({_SELECT} WHERE id > $2 ORDER BY id LIMIT $3)
+    ({_SELECT} WHERE id > $3 ORDER BY id LIMIT $4)
 )
-SELECT snap.pending, snap.pruned, found.* FROM snap LEFT JOIN found ON true ORDER BY found.id
+SELECT snap.pending, snap.xmax, snap.pruned, found.* FROM snap LEFT JOIN found ON true
+ORDER BY found.id
 """
 
 
@@ -102,11 +117,13 @@ async def start_cursor(conn: Connection, cursor: LogCursor, *, timeout: float | 
     """Position a fresh cursor at the head of the log."""
     try:
         row = await conn.fetchrow(_HEAD, timeout=timeout)
-        head, pending = row["head"], row["pending"]
+        head = row["head"]
     except asyncpg.UndefinedTableError:  # pgcast not installed yet: start from 0
-        head, pending = 0, await conn.fetchval(_XIP, timeout=timeout)
+        row = await conn.fetchrow(_XIP, timeout=timeout)
+        head = 0
     cursor.last_id = head
-    cursor.pending = list(pending)
+    cursor.pending = list(row["pending"])
+    cursor.xmax = row["xmax"]
     cursor.initialized = True
 
 
@@ -134,10 +151,16 @@ async def read_new(
     """
     try:
         rows = await conn.fetch(
-            _READ, [str(x) for x in cursor.pending], cursor.last_id, page_size, timeout=timeout
+            _READ,
+            [str(x) for x in cursor.pending],
+            str(cursor.xmax),
+            cursor.last_id,
+            page_size,
+            timeout=timeout,
         )
     except asyncpg.UndefinedTableError:
-        cursor.pending = list(await conn.fetchval(_XIP, timeout=timeout))
+        row = await conn.fetchrow(_XIP, timeout=timeout)
+        cursor.pending, cursor.xmax = list(row["pending"]), row["xmax"]
         return LogRead([])
     changes = [change_from_row(row) for row in rows if row["id"] is not None]
     tail = sum(1 for change in changes if change.id > cursor.last_id)
@@ -148,6 +171,7 @@ async def read_new(
     if gap is not None:
         cursor.last_id = max(cursor.last_id, gap)
     cursor.pending = list(rows[0]["pending"])
+    cursor.xmax = rows[0]["xmax"]
     return LogRead(changes, tail >= page_size, gap)
 
 
@@ -159,6 +183,29 @@ class Replay:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class Horizon:
+    """The snapshot a replay or table snapshot was read in: its log head and open txids.
+
+    A change is *after* the horizon iff its id is above ``head`` or its transaction
+    was still open then (listed in ``pending``, or at or above ``xmax``). Live changes
+    buffered while the replay ran are sent only if they are after the horizon: the
+    others are in the replay or the snapshot, or the client already has them, and
+    sending them late would reorder a row.
+    """
+
+    head: int
+    pending: frozenset[int]
+    xmax: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> Horizon:
+        return cls(row["head"], frozenset(row["pending"]), row["xmax"])
+
+    def is_after(self, change: ChangeEvent) -> bool:
+        return change.id > self.head or change.txid >= self.xmax or change.txid in self.pending
+
+
 async def replay(
     conn: Connection,
     *,
@@ -168,15 +215,16 @@ async def replay(
     events: Sequence[str],
     timeout: float | None,
     page_size: int = PAGE_SIZE,
-) -> AsyncIterator[list[ChangeEvent] | Replay]:
+) -> AsyncIterator[list[ChangeEvent] | Replay | Horizon]:
     """Yield pages of changes to ``schema.table`` a client at position ``since`` may lack.
 
-    Yields a single ``Replay(resync=True)`` instead when the log no longer covers
-    ``since`` (pruned beyond it).
+    First yields the ``Horizon`` of the replay's snapshot. Yields ``Replay(resync=True)``
+    instead of pages when the log no longer covers ``since`` (pruned beyond it).
     """
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         if not await log_installed(conn):
             return
+        yield Horizon.from_row(await conn.fetchrow(_HEAD, timeout=timeout))
         pruned = await conn.fetchval(
             "SELECT coalesce((SELECT value::bigint FROM pgcast.state"
             " WHERE key = 'pruned_through'), 0)"
@@ -210,19 +258,99 @@ async def replay(
             )
             if late:
                 yield [change_from_row(row) for row in late]
-        last_id = since
-        while True:
-            rows = await conn.fetch(
-                _SELECT + f"WHERE {where} AND id > $4 ORDER BY id LIMIT $5",
-                schema,
-                table,
-                list(events),
-                last_id,
-                page_size,
-                timeout=timeout,
-            )
-            if rows:
-                last_id = rows[-1]["id"]
-                yield [change_from_row(row) for row in rows]
-            if len(rows) < page_size:
-                break
+        async for page in _pages_after(
+            conn, where, schema, table, events, since, timeout, page_size
+        ):
+            yield page
+
+
+@dataclass
+class TableRows:
+    """A chunk of a table snapshot: rows as JSON text, and the log head it is consistent with."""
+
+    rows: list[str]
+    position: int
+    done: bool
+    horizon: Horizon
+
+
+async def snapshot(
+    conn: Connection,
+    *,
+    schema: str,
+    table: str,
+    events: Sequence[str],
+    timeout: float | None,
+    chunk_size: int = 500,
+    page_size: int = PAGE_SIZE,
+) -> AsyncIterator[TableRows | list[ChangeEvent]]:
+    """Yield the table's rows in chunks, then every change committed after them.
+
+    The rows are read in one REPEATABLE READ snapshot S, together with the log head
+    and the transactions in progress in S. "After the snapshot" is then exactly: log
+    rows above that head, and rows of those in-progress transactions (which commit
+    after S, whatever their ids). Nothing before S is replayed, nothing after is
+    missed.
+    """
+    relation = f"{quote_ident(schema)}.{quote_ident(table)}"
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        horizon = Horizon.from_row(await conn.fetchrow(_HEAD, timeout=timeout))
+        head = horizon.head
+        chunk: list[str] = []
+        async for row in conn.cursor(
+            f"SELECT to_jsonb(t)::text AS row FROM {relation} t",
+            prefetch=chunk_size,
+            timeout=timeout,
+        ):
+            chunk.append(row["row"])
+            if len(chunk) >= chunk_size:
+                yield TableRows(chunk, head, False, horizon)
+                chunk = []
+        yield TableRows(chunk, head, True, horizon)
+    where = "schema_name = $1 AND table_name = $2 AND op = ANY($3::text[])"
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        late = await conn.fetch(
+            _SELECT + f"WHERE {where} AND id <= $4"
+            " AND (txid = ANY($5::text[]::xid8[]) OR txid >= $6::text::xid8) ORDER BY id",
+            schema,
+            table,
+            list(events),
+            head,
+            [str(x) for x in horizon.pending],
+            str(horizon.xmax),
+            timeout=timeout,
+        )
+        if late:
+            yield [change_from_row(row) for row in late]
+        async for page in _pages_after(
+            conn, where, schema, table, events, head, timeout, page_size
+        ):
+            yield page
+
+
+async def _pages_after(
+    conn: Connection,
+    where: str,
+    schema: str,
+    table: str,
+    events: Sequence[str],
+    after: int,
+    timeout: float | None,
+    page_size: int,
+) -> AsyncIterator[list[ChangeEvent]]:
+    last_id = after
+    while True:
+        rows = await conn.fetch(
+            _SELECT + f"WHERE {where} AND id > $4 ORDER BY id LIMIT $5",
+            schema,
+            table,
+            list(events),
+            last_id,
+            page_size,
+            timeout=timeout,
+        )
+        if rows:
+            last_id = rows[-1]["id"]
+            yield [change_from_row(row) for row in rows]
+        if len(rows) < page_size:
+            return

@@ -14,7 +14,7 @@ that wants TRUNCATE events, whatever its filter.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .events import ChangeEvent, Row, subscription_prefix
@@ -80,13 +80,23 @@ class Subscription:
         self.state = SubscriptionState.CATCHING_UP
         self.buffer = []
 
-    def finish_catch_up(self, replayed_ids: set[int]) -> list[ChangeEvent]:
-        """Go live; return the buffered changes that the replay did not already send."""
+    def finish_catch_up(
+        self, replayed_ids: set[int], is_after: Callable[[ChangeEvent], bool] | None = None
+    ) -> list[ChangeEvent]:
+        """Go live; return the buffered changes still owed to the client.
+
+        That is those the replay did not send and, given ``is_after`` (the replay's
+        horizon), only those committed after the replay's snapshot.
+        """
         self._expect(SubscriptionState.CATCHING_UP)
         buffered = self.buffer or []
         self.buffer = None
         self.state = SubscriptionState.LIVE
-        return [change for change in buffered if change.id not in replayed_ids]
+        return [
+            change
+            for change in buffered
+            if change.id not in replayed_ids and (is_after is None or is_after(change))
+        ]
 
     def close(self) -> None:
         self.state = SubscriptionState.CLOSED

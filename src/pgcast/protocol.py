@@ -66,6 +66,7 @@ class Subscribe:
     filter: Filter = MATCH_ALL
     columns: frozenset[str] | None = None
     since: int | None = None
+    snapshot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,12 +162,22 @@ def _decode_subscribe(message: dict[str, Any]) -> Subscribe:
                 ErrorCode.BAD_REQUEST,
                 "'channel' must be letters, digits and underscores (at most 63)",
             )
-        extra = {"filter", "since", "columns", "events", "schema"} & message.keys()
+        extra = {"filter", "since", "columns", "events", "schema", "snapshot"} & message.keys()
         if extra:
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST, f"channel subscriptions take no {', '.join(sorted(extra))}"
             )
         return Subscribe(id=sub_id, channel=channel)
+    snapshot = message.get("snapshot", False)
+    if not isinstance(snapshot, bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'snapshot' must be true or false")
+    since = _since(message.get("since"))
+    if snapshot and since is not None:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            "'snapshot' and 'since' exclude each other",
+            hint="snapshot on the first subscribe, since on every resubscribe",
+        )
     return Subscribe(
         id=sub_id,
         table=table,
@@ -174,7 +185,8 @@ def _decode_subscribe(message: dict[str, Any]) -> Subscribe:
         events=_events(message.get("events")),
         filter=parse_filter(_optional_str(message, "filter")),
         columns=_columns(message.get("columns")),
-        since=_since(message.get("since")),
+        since=since,
+        snapshot=snapshot,
     )
 
 
@@ -265,6 +277,23 @@ def pong(data: Any = None) -> bytes:
 
 def resync(sub_id: str, reason: str) -> bytes:
     return encode({"type": "resync", "sub": sub_id, "reason": reason})
+
+
+def snapshot_chunk(sub_id: str, rows: list[bytes], *, done: bool, position: int) -> bytes:
+    """A ``snapshot`` message; ``rows`` are already-encoded JSON objects."""
+    return b"".join(
+        (
+            b'{"type":"snapshot","sub":',
+            orjson.dumps(sub_id),
+            b',"rows":[',
+            b",".join(rows),
+            b'],"done":',
+            b"true" if done else b"false",
+            b',"position":"',
+            str(position).encode(),
+            b'"}',
+        )
+    )
 
 
 def channel_message_prefix(sub_id: str) -> bytes:

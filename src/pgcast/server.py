@@ -24,7 +24,7 @@ from websockets.http11 import Request, Response
 
 from . import __version__, protocol
 from .capture.installer import prune
-from .changelog import Replay, replay
+from .changelog import Horizon, Replay, TableRows, replay, snapshot
 from .config import Settings
 from .events import ChangeEvent
 from .exceptions import DatabaseUnavailable, ProtocolError
@@ -32,7 +32,6 @@ from .hub import Hub, Subscription
 from .listener import Listener, ListenerState
 from .protocol import CloseCode, ErrorCode, Subscribe, Unsubscribe
 from .session import Session
-from .transports.frames import text_frame_header
 from .transports.websocket import WebSocketConnection, http_response
 
 logger = logging.getLogger("pgcast.server")
@@ -258,9 +257,8 @@ class Gateway:
                 if sub.buffer is not None:
                     sub.buffer.append(change)
                     continue
-                body = change.body(sub.columns)
                 conn: WebSocketConnection = sub.owner
-                conn.queue(text_frame_header(len(sub.prefix) + len(body)), sub.prefix, body)
+                conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
                 touched.add(conn)
                 deliveries += 1
         for conn in touched:
@@ -287,7 +285,7 @@ class Gateway:
         body = protocol.channel_message_body(channel, payload)
         for sub in subs:
             conn: WebSocketConnection = sub.owner
-            conn.queue(text_frame_header(len(sub.prefix) + len(body)), sub.prefix, body)
+            conn.queue_message(sub.prefix, body)
             conn.flush()
         self.deliveries_out += len(subs)
 
@@ -403,6 +401,9 @@ class Gateway:
             )
         sub = client.session.open(request, schema=info.schema, table=info.name)
         fields = {"schema": info.schema, "table": info.name}
+        if request.snapshot:
+            await self._subscribe_with_snapshot(client, sub, info)
+            return
         if request.since is None:
             self.hub.add(sub)
             conn.send(protocol.subscribed(sub.id, **fields))
@@ -410,21 +411,81 @@ class Gateway:
         sub.begin_catch_up()
         self.hub.add(sub)
         try:
-            replayed = await self._replay(conn, sub, request.since)
+            replayed, horizon = await self._replay(conn, sub, request.since)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             client.session.close_subscription(sub.id)
             self._forget(sub)
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, f"could not read the change log to resume: {exc}"
             ) from None
-        for change in sub.finish_catch_up(replayed):
-            body = change.body(sub.columns)
-            conn.queue(text_frame_header(len(sub.prefix) + len(body)), sub.prefix, body)
+        for change in sub.finish_catch_up(replayed, horizon.is_after if horizon else None):
+            conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
         conn.flush()
         conn.send(protocol.subscribed(sub.id, replayed=len(replayed), **fields))
 
-    async def _replay(self, conn: WebSocketConnection, sub: Subscription, since: int) -> set[int]:
+    async def _subscribe_with_snapshot(
+        self, client: Client, sub: Subscription, info: TableInfo
+    ) -> None:
+        """Rows matching the filter (chunked), then changes after them, then live."""
+        conn = client.conn
+        sub.begin_catch_up()
+        self.hub.add(sub)
+        sent_ids: set[int] = set()
+        rows_sent = 0
+        position = 0
+        horizon: Horizon | None = None
+        # Project like the log does (tracked columns), then like the subscriber asked.
+        keep = info.columns if sub.columns is None else info.columns & sub.columns
+        try:
+            async with self._pool.acquire() as db:
+                async for item in snapshot(
+                    db,
+                    schema=sub.schema,
+                    table=sub.table,
+                    events=sorted(sub.events),
+                    timeout=self.settings.probe_interval * 4,
+                ):
+                    if isinstance(item, TableRows):
+                        rows = _select_rows(item.rows, sub, keep)
+                        rows_sent += len(rows)
+                        position, horizon = item.position, item.horizon
+                        conn.send(
+                            protocol.snapshot_chunk(sub.id, rows, done=item.done, position=position)
+                        )
+                        await conn.drained()
+                        continue
+                    for change in item:
+                        if sub.wants(change):
+                            conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
+                            sent_ids.add(change.id)
+                    conn.flush()
+                    await conn.drained()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            client.session.close_subscription(sub.id)
+            self._forget(sub)
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, f"could not read the snapshot: {exc}"
+            ) from None
+        assert horizon is not None
+        for change in sub.finish_catch_up(sent_ids, horizon.is_after):
+            conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
+        conn.flush()
+        self.deliveries_out += len(sent_ids)
+        conn.send(
+            protocol.subscribed(
+                sub.id,
+                schema=sub.schema,
+                table=sub.table,
+                snapshot_rows=rows_sent,
+                position=str(position),
+            )
+        )
+
+    async def _replay(
+        self, conn: WebSocketConnection, sub: Subscription, since: int
+    ) -> tuple[set[int], Horizon | None]:
         replayed: set[int] = set()
+        horizon: Horizon | None = None
         async with self._pool.acquire() as db:
             async for page in replay(
                 db,
@@ -434,18 +495,20 @@ class Gateway:
                 events=sorted(sub.events),
                 timeout=self.settings.probe_interval * 4,
             ):
+                if isinstance(page, Horizon):
+                    horizon = page
+                    continue
                 if isinstance(page, Replay):
                     conn.send(protocol.resync(sub.id, page.reason))
                     continue
                 for change in page:
                     if sub.wants(change):
-                        body = change.body(sub.columns)
-                        conn.queue(text_frame_header(len(sub.prefix) + len(body)), sub.prefix, body)
+                        conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
                         replayed.add(change.id)
                 conn.flush()
                 await conn.drained()
         self.deliveries_out += len(replayed)
-        return replayed
+        return replayed, horizon
 
     async def _subscribe_channel(self, client: Client, request: Subscribe) -> None:
         channel = request.channel
@@ -496,6 +559,19 @@ class Gateway:
             "deliveries_out": self.deliveries_out,
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
+
+
+def _select_rows(rows: list[str], sub: Subscription, keep: frozenset[str]) -> list[bytes]:
+    """Snapshot rows (JSON text) that pass the subscription's filter, projected to ``keep``."""
+    selected: list[bytes] = []
+    for text in rows:
+        row = orjson.loads(text)
+        if sub.filter.conditions and not sub.filter.matches(row):
+            continue
+        if len(keep) < len(row):
+            row = {k: v for k, v in row.items() if k in keep}
+        selected.append(orjson.dumps(row))
+    return selected
 
 
 async def serve(

@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from pgcast.capture.installer import prune, track
-from pgcast.changelog import LogCursor, Replay, read_new, replay, start_cursor
+from pgcast.changelog import Horizon, LogCursor, Replay, read_new, replay, start_cursor
 from pgcast.identifiers import parse_table_name
 
 
@@ -60,6 +60,9 @@ async def test_replay_from_a_position_includes_late_commits_below_it(
             log, since=position, schema="public", table="t", events=["INSERT"], timeout=5
         ):
             assert not isinstance(page, Replay)
+            if isinstance(page, Horizon):
+                assert page.head >= position
+                continue
             got += [c.record["v"] for c in page if c.record]
         assert got == ["slow", "after"]
     finally:
@@ -84,6 +87,40 @@ async def test_pruning_past_an_unread_position_is_reported_as_a_gap(
                 log, since=1, schema="public", table="t", events=["INSERT"], timeout=5
             )
         ]
-        assert len(pages) == 1 and isinstance(pages[0], Replay) and pages[0].resync
+        assert isinstance(pages[0], Horizon)
+        assert len(pages) == 2 and isinstance(pages[1], Replay) and pages[1].resync
     finally:
         await reader.close()
+
+
+async def test_a_younger_open_transaction_above_xmax_is_not_skipped(
+    database_url: str, log: asyncpg.Connection
+) -> None:
+    """PostgreSQL's xip lists only running xids below xmax (latest completed + 1).
+
+    The fast transaction takes its xid first; the slow one takes a younger xid and
+    the lower log id, and is still open when the fast one commits: at the next read
+    the slow xid is >= xmax and absent from xip, yet its row must not be skipped.
+    """
+    await log.execute("CREATE TABLE scratch (x int)")
+    reader = await asyncpg.connect(database_url)
+    fast = await asyncpg.connect(database_url)
+    slow = await asyncpg.connect(database_url)
+    try:
+        cursor = LogCursor()
+        await start_cursor(reader, cursor, timeout=5)
+        fast_tx, slow_tx = fast.transaction(), slow.transaction()
+        await fast_tx.start()
+        await fast.execute("INSERT INTO scratch VALUES (1)")  # fast takes the older xid
+        await slow_tx.start()
+        await slow.execute("INSERT INTO t VALUES (1, 'slow')")  # younger xid, lower log id
+        await fast.execute("INSERT INTO t VALUES (2, 'fast')")
+        await fast_tx.commit()
+        first = await read_new(reader, cursor, timeout=5)
+        assert [c.record["v"] for c in first.changes if c.record] == ["fast"]
+        await slow_tx.commit()
+        second = await read_new(reader, cursor, timeout=5)
+        assert [c.record["v"] for c in second.changes if c.record] == ["slow"]
+    finally:
+        for conn in (reader, fast, slow):
+            await conn.close()

@@ -24,9 +24,8 @@ async def test_dead_listen_connection_is_detected_and_nothing_is_lost(
     database_url: str, items: asyncpg.Connection, failure: str
 ) -> None:
     async with (
-        tcp_proxy(database_url) as proxy, running_gateway(
-            proxy.dsn(database_url), poll_interval=0.2, probe_interval=1.0
-        ) as gateway,
+        tcp_proxy(database_url) as proxy,
+        running_gateway(proxy.dsn(database_url), poll_interval=0.2, probe_interval=1.0) as gateway,
         ws_client(gateway) as client,
     ):
         await client.subscribe("s", table="items")

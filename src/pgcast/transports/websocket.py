@@ -139,9 +139,14 @@ class WebSocketConnection(asyncio.Protocol):
         self._drain_waiters.append(waiter)
         await waiter
 
-    def queue(self, header: bytes, prefix: bytes, body: bytes) -> None:
-        """Queue one text frame made of ``prefix + body``; call flush() after a batch."""
-        self._outbox += (header, prefix, body)
+    def queue_change(self, prefix: bytes, body: bytes, change_id: int) -> None:
+        """Queue one change message, ``prefix + body``; call flush() after a batch."""
+        self._outbox += (text_frame_header(len(prefix) + len(body)), prefix, body)
+        self._outbox_frames += 1
+
+    def queue_message(self, prefix: bytes, body: bytes) -> None:
+        """Queue one channel message, ``prefix + body``; call flush() after a batch."""
+        self._outbox += (text_frame_header(len(prefix) + len(body)), prefix, body)
         self._outbox_frames += 1
 
     def queue_frame(self, frame: bytes) -> None:
