@@ -279,12 +279,16 @@ def resync(sub_id: str, reason: str) -> bytes:
     return encode({"type": "resync", "sub": sub_id, "reason": reason})
 
 
-def snapshot_chunk(sub_id: str, rows: list[bytes], *, done: bool, position: int) -> bytes:
+def snapshot_chunk(
+    sub_id: str, rows: list[bytes], *, part: int, done: bool, position: int
+) -> bytes:
     """A ``snapshot`` message; ``rows`` are already-encoded JSON objects."""
     return b"".join(
         (
             b'{"type":"snapshot","sub":',
             orjson.dumps(sub_id),
+            b',"part":',
+            str(part).encode(),
             b',"rows":[',
             b",".join(rows),
             b'],"done":',

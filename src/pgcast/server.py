@@ -434,6 +434,7 @@ class Gateway:
         rows_sent = 0
         position = 0
         horizon: Horizon | None = None
+        part = 0
         # Project like the log does (tracked columns), then like the subscriber asked.
         keep = info.columns if sub.columns is None else info.columns & sub.columns
         try:
@@ -450,8 +451,11 @@ class Gateway:
                         rows_sent += len(rows)
                         position, horizon = item.position, item.horizon
                         conn.send(
-                            protocol.snapshot_chunk(sub.id, rows, done=item.done, position=position)
+                            protocol.snapshot_chunk(
+                                sub.id, rows, part=part, done=item.done, position=position
+                            )
                         )
+                        part += 1
                         await conn.drained()
                         continue
                     for change in item:

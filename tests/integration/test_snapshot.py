@@ -14,7 +14,6 @@ from pgcast.identifiers import parse_table_name
 
 from .gateway_helpers import TIMEOUT, WsClient, running_gateway, ws_client
 
-
 UPDATE = "UPDATE accounts SET balance = balance + 1, tenant = $2 WHERE id = $1"
 UPSERT = (
     "INSERT INTO accounts VALUES ($1, $2, 0) "
@@ -167,3 +166,31 @@ async def test_snapshot_handoff_under_concurrent_writes_has_no_gap_and_no_duplic
                     apply(rows, change, tenant=1)
             assert rows == expected
             await ctx.__aexit__(None, None, None)
+
+
+async def test_python_client_snapshot_then_changes(
+    database_url: str, accounts: asyncpg.Connection
+) -> None:
+    from pgcast.client import connect
+
+    async with (
+        running_gateway(database_url) as gateway,
+        connect(f"ws://127.0.0.1:{gateway.port}") as client,
+        client.subscribe("accounts", filter="tenant=eq.2", snapshot=True) as sub,
+    ):
+        mirror: dict[int, dict[str, object]] = {}
+        parts = []
+        async with asyncio.timeout(TIMEOUT):
+            async for frame in sub:
+                assert frame["type"] == "snapshot"
+                parts.append(frame["part"])
+                mirror.update({row["id"]: row for row in frame["rows"]})
+                if frame["done"]:
+                    break
+        assert parts == list(range(len(parts))) and len(mirror) == 400
+        await accounts.execute("UPDATE accounts SET tenant = 0 WHERE id = 2")
+        async with asyncio.timeout(TIMEOUT):
+            change = await anext(aiter(sub))
+        assert change["type"] == "change" and change["old_record"]["id"] == 2
+        apply(mirror, change, tenant=2)
+        assert 2 not in mirror

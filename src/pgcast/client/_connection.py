@@ -299,6 +299,15 @@ class Subscription:
             return
         self._push(frame)
 
+    def _on_snapshot(self, frame: dict[str, Any]) -> None:
+        self._accept()
+        if frame.get("done") and self.last_id is None and frame.get("position") is not None:
+            # Resume from the snapshot's position on any later resubscribe.
+            self.resume_from = str(frame["position"])
+            self._request["snapshot"] = False
+        # Beyond queue_size on purpose: snapshot chunks are bounded by the table.
+        self._push(frame)
+
     def _on_resync(self, frame: dict[str, Any]) -> None:
         if self.state is SubscriptionState.SUSPENDED:
             return  # the resubscribe will get its own resync
@@ -412,10 +421,21 @@ class Client:
         columns: Sequence[str] | None = None,
         schema: str | None = None,
         since: str | int | None = None,
+        snapshot: bool = False,
     ) -> Subscription:
         """A table subscription; ``async with`` it (waits until the gateway accepts
-        it, raises :class:`SubscriptionRefused` if it refuses), then iterate."""
+        it, raises :class:`SubscriptionRefused` if it refuses), then iterate.
+
+        With ``snapshot=True`` the iteration starts with ``snapshot`` frames (the
+        rows matching the filter, in chunks numbered by ``part``; the last has
+        ``done: true``), then the changes committed after them. Resubscribes resume
+        from the snapshot's position, never re-snapshot; if the connection drops
+        before the last chunk, the snapshot starts over at ``part`` 0.
+        """
+        if snapshot and since is not None:
+            raise ValueError("snapshot and since exclude each other")
         request: dict[str, Any] = {"table": table, "schema": schema, "filter": filter}
+        request["snapshot"] = snapshot
         request["events"] = list(events) if events is not None else None
         request["columns"] = list(columns) if columns is not None else None
         return self._new_subscription("s", request, None if since is None else str(since))
@@ -512,7 +532,12 @@ class Client:
     async def _send_subscribe(self, sub: Subscription, ws: ClientConnection) -> None:
         wire_id = sub._next_wire_id()
         frame = sub._subscribe_frame(wire_id)
-        if not sub.is_channel and sub.resume_from is None and sub.last_id is None:
+        if (
+            not sub.is_channel
+            and sub.resume_from is None
+            and sub.last_id is None
+            and not sub._request.get("snapshot")
+        ):
             # Sent live (no since); if we reconnect before its first change, resume
             # from here so nothing committed while disconnected is skipped.
             sub.resume_from = self._connection_position
@@ -695,7 +720,7 @@ class Client:
 
     async def _dispatch(self, frame: dict[str, Any], ws: ClientConnection) -> None:
         kind = frame.get("type")
-        if kind in ("change", "message", "resync"):
+        if kind in ("change", "message", "resync", "snapshot"):
             sub = self._by_wire.get(str(frame.get("sub")))
             if sub is None:
                 return  # for a subscription already unsubscribed: ignore
@@ -708,6 +733,8 @@ class Client:
                     await self._send_quietly(ws, {"type": "unsubscribe", "id": sub.wire_id})
             elif kind == "message":
                 sub._on_message(frame)
+            elif kind == "snapshot":
+                sub._on_snapshot(frame)
             else:
                 sub._on_resync(frame)
         elif kind == "subscribed":

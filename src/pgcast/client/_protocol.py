@@ -95,6 +95,7 @@ def subscribe_frame(
     filter: str | None = None,
     columns: Sequence[str] | None = None,
     since: str | None = None,
+    snapshot: bool = False,
 ) -> dict[str, Any]:
     """A ``subscribe`` message; optional fields are omitted when not given."""
     if (table is None) == (channel is None):
@@ -114,6 +115,8 @@ def subscribe_frame(
         message["columns"] = list(columns)
     if since is not None:
         message["since"] = since
+    elif snapshot:
+        message["snapshot"] = True
     return message
 
 
