@@ -1,0 +1,1 @@
+"""``pgcast demo``: an orders app (REST CRUD + live page) on an embedded PostgreSQL."""
