@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -109,7 +110,11 @@ def masked_text_frame(payload: bytes) -> bytes:
 
 
 class RawClient(asyncio.Protocol):
-    """Counts text frames; hands payloads to ``on_payload`` when one is set."""
+    """Counts text frames; hands payloads to ``on_payload`` when one is set.
+
+    Records the code of a close frame from the server (``close_code``) and when the
+    connection ended (``lost``: a future set to the time, ``lost_error`` the cause).
+    """
 
     def __init__(self, on_payload: Callable[[bytes], None] | None = None) -> None:
         self.on_payload = on_payload
@@ -119,6 +124,9 @@ class RawClient(asyncio.Protocol):
         self.upgraded = False
         self.frames = 0
         self.waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.close_code: int | None = None
+        self.lost: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.lost_error: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -160,6 +168,8 @@ class RawClient(asyncio.Protocol):
                 self.frames += 1
                 if self.on_payload is not None:
                     self.on_payload(bytes(buf[start : start + length]))
+            elif buf[pos] & 0x0F == 8 and length >= 2:
+                self.close_code = int.from_bytes(buf[start : start + 2], "big")
             pos = start + length
         del buf[:pos]
         if self.waiters:
@@ -170,6 +180,11 @@ class RawClient(asyncio.Protocol):
                 elif not future.done():
                     still.append((count, future))
             self.waiters = still
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_error = exc
+        if not self.lost.done():
+            self.lost.set_result(time.monotonic())
 
     async def wait_frames(self, count: int, timeout: float) -> None:
         if self.frames >= count:
@@ -193,6 +208,13 @@ async def open_clients(
         clients.append(client)
     await asyncio.gather(*(c.opened for c in clients))
     return clients
+
+
+def fetch_health(port: int) -> dict[str, object]:
+    """The gateway's /health document (blocking; use asyncio.to_thread in async code)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+        health: dict[str, object] = orjson.loads(response.read())
+        return health
 
 
 def percentile(values: list[float], q: float) -> float:
