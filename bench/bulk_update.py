@@ -26,12 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     DEFAULT_DSN,
-    ROOT,
     RawClient,
     free_port,
     open_clients,
     scratch_database,
-    wait_for_port,
 )
 
 from pgcast.capture.installer import track
@@ -47,22 +45,8 @@ async def one_run(args: argparse.Namespace) -> dict[str, float]:
         )
         await track(conn, parse_table_name("items"))
         port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "pgcast.cli",
-            "--log-level",
-            "warning",
-            "serve",
-            "--database-url",
-            dsn,
-            "--port",
-            str(port),
-            cwd=ROOT,
-            env={"PGCAST_OUTBOX_LIMIT": str(args.rows * 2), "PATH": "/usr/bin:/bin"},
-        )
-        try:
-            await asyncio.to_thread(wait_for_port, port, 30)
+        outbox = {"PGCAST_OUTBOX_LIMIT": str(args.rows * 2)}
+        with gateway_process("pgcast", dsn, port, env=outbox):
             (client,) = await open_clients(port, 1, lambda _: RawClient())
             client.send({"type": "subscribe", "id": "s", "table": "items", "events": ["UPDATE"]})
             await client.wait_frames(2, 30)
@@ -81,9 +65,6 @@ async def one_run(args: argparse.Namespace) -> dict[str, float]:
             received = time.perf_counter()
             await watcher.close()
             await conn.close()
-        finally:
-            proc.terminate()
-            await proc.wait()
     return {
         "update_statement_s": round(committed - started, 3),
         "commit_to_last_received_s": round(received - committed, 3),

@@ -55,8 +55,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def gateway_process(kind: str, dsn: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """Run the pgcast gateway or the hand-written baseline as a separate process."""
+def gateway_process(
+    kind: str, dsn: str, port: int, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run the pgcast gateway or the hand-written baseline as a separate process.
+
+    ``env`` adds environment variables (e.g. ``PGCAST_OUTBOX_LIMIT``).
+    """
     if kind == "pgcast":
         args = [
             sys.executable,
@@ -79,7 +84,7 @@ def gateway_process(kind: str, dsn: str, port: int) -> Iterator[subprocess.Popen
             "--port",
             str(port),
         ]
-    proc = subprocess.Popen(args, cwd=ROOT)
+    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})})
     try:
         wait_for_port(port, 30)
         yield proc
