@@ -28,6 +28,7 @@ from common import (
     DEFAULT_DSN,
     RawClient,
     free_port,
+    gateway_process,
     open_clients,
     scratch_database,
 )
