@@ -170,15 +170,23 @@ def _parse_list(term: str, value: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
 def _number(literal: str) -> int | float | None:
-    try:
+    """A strict JSON-style number: no ``_``, spaces, ``+`` or leading zeros.
+
+    Python's int()/float() accept "7_0", " 70", "+70" and "0070" as 70; a token
+    claim like that must not match tenant 70's rows.
+    """
+    if _INTEGER.fullmatch(literal):
         return int(literal)
-    except ValueError:
-        pass
-    try:
-        number = float(literal)
-    except ValueError:
+    if not _DECIMAL.fullmatch(literal) or (
+        literal.lstrip("-")[:1] == "0" and literal.lstrip("-")[1:2].isdigit()
+    ):
         return None
+    number = float(literal)
     return number if math.isfinite(number) else None
 
 

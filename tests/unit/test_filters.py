@@ -34,7 +34,7 @@ from pgcast.filters import Filter, literal_keys, parse_filter, value_key
         ("status=not.eq.pending", {"status": "shipped"}, True),
         ("status=not.in.(a,b)", {"status": "a"}, False),
         ("code=eq.007", {"code": "007"}, True),
-        ("code=eq.007", {"code": 7}, True),
+        ("code=eq.007", {"code": 7}, False),  # not a JSON number: no numeric match
         ("code=eq.007", {"code": "7"}, False),
         ("amount=eq.100", {"amount": 100.0}, True),
         ("amount=gt.abc", {"amount": 5}, False),
@@ -46,6 +46,14 @@ from pgcast.filters import Filter, literal_keys, parse_filter, value_key
         ("status=not.eq.x", {"status": None}, False),
         ("status=eq.x", {}, False),
         ("value=eq.", {"value": ""}, True),
+        # only strict JSON-style numbers compare numerically (tenant ids!)
+        ("tenant=eq.7_0", {"tenant": 70}, False),
+        ("tenant=eq. 70", {"tenant": 70}, False),
+        ("tenant=eq.+70", {"tenant": 70}, False),
+        ("tenant=eq.0070", {"tenant": 70}, False),
+        ("tenant=eq.70.0", {"tenant": 70}, True),
+        ("tenant=eq.7e1", {"tenant": 70}, True),
+        ("tenant=eq.-3", {"tenant": -3}, True),
     ],
 )
 def test_filter_matches_like_postgrest(text: str, row: dict[str, object], expected: bool) -> None:
