@@ -1264,41 +1264,74 @@ export class Client {
       opened = true;
       this._updateSseStatus();
     };
-    source.onmessage = (event) => {
+    // The gateway names each event after the frame's type (`event: change`); an
+    // unnamed event ("message") is accepted too. A named `error` event shares its
+    // name with the EventSource's connection error: only the former has data.
+    const onFrame = (event) => {
       let frame;
       try {
         frame = JSON.parse(event.data);
       } catch {
         return;
       }
-      if (!frame || typeof frame !== 'object') return;
-      if (frame.type === 'welcome') {
-        if (frame.position != null && this.position === null) this.position = String(frame.position);
-        if (frame.position != null && sub.resumeFrom === null && sub.lastId === null && !sub.request.snapshot) {
-          sub.resumeFrom = String(frame.position);
-        }
-        return;
-      }
-      if (frame.type === 'error') {
-        this._unregister(sub);
-        const error = new PgcastError(String(frame.code || 'error'), `subscription to ${sub.target} refused: ${frame.code}: ${frame.message || ''}`, { frame });
-        sub._fail(error);
-        this._reportError(error);
-        return;
-      }
-      // One stream per subscription: every frame on it is this subscription's.
-      this._deliver(sub, frame);
+      if (!frame || typeof frame !== 'object' || sub._source !== source) return;
+      this._onSseFrame(sub, source, frame, event.lastEventId);
     };
-    source.onerror = () => {
+    source.onmessage = onFrame;
+    // 'message' (a channel's NOTIFY) is onmessage itself: not listed again.
+    for (const type of ['snapshot', 'change', 'resync', 'subscribed', 'welcome']) {
+      source.addEventListener(type, onFrame);
+    }
+    source.addEventListener('error', (event) => {
+      if (typeof event.data === 'string') {
+        onFrame(event);
+        return;
+      }
+      if (sub._source !== source) return;
       // readyState 0: the EventSource reconnects by itself with Last-Event-ID.
-      // 2 (closed, e.g. an HTTP error): reopen it after a backoff, from lastId.
-      if (source.readyState === 2 && sub._source === source) {
+      // 2 (closed after an HTTP error): a 4xx the runtime lets us see (the
+      // eventsource package does, browsers do not) is a refusal; otherwise reopen
+      // after a backoff, from the last change id.
+      if (source.readyState === 2) {
         sub._source = null;
+        const status = typeof event.code === 'number' ? event.code : typeof event.status === 'number' ? event.status : null;
+        if (status !== null && status >= 400 && status < 500) {
+          this._unregister(sub);
+          const code = { 404: 'unknown_table', 403: 'forbidden_channel', 401: 'rejected' }[status] || 'bad_request';
+          const error = new PgcastError(code, `subscription to ${sub.target} refused (HTTP ${status})${event.message ? `: ${event.message}` : ''}`);
+          sub._fail(error);
+          this._reportError(error);
+          return;
+        }
         const delay = backoffDelay(opened ? 0 : attempt, this._backoffOptions, this.options.random || Math.random);
         setTimeout(() => this._openSource(sub, opened ? 1 : attempt + 1), delay);
       }
       this._updateSseStatus();
-    };
+    });
+  }
+
+  _onSseFrame(sub, source, frame, lastEventId) {
+    if (frame.type === 'welcome') {
+      if (frame.position != null && this.position === null) this.position = String(frame.position);
+      if (frame.position != null && sub.resumeFrom === null && sub.lastId === null && !sub.request.snapshot) {
+        sub.resumeFrom = String(frame.position);
+      }
+      return;
+    }
+    if (frame.type === 'subscribed' && lastEventId && sub.resumeFrom === null && sub.lastId === null && !sub.isChannel) {
+      // Over SSE the log position (welcome's on a WebSocket) is the subscribed event's id.
+      sub.resumeFrom = String(lastEventId);
+    }
+    if (frame.type === 'error') {
+      const error = new PgcastError(String(frame.code || 'error'), `subscription to ${sub.target}: ${frame.code}: ${frame.message || ''}`, { frame });
+      this._reportError(error);
+      if (frame.code === 'unavailable') return; // the stream ends and the EventSource resumes
+      this._unregister(sub);
+      sub._fail(error);
+      return;
+    }
+    // One stream per subscription: every frame on it is this subscription's.
+    this._deliver(sub, frame);
   }
 
   _updateSseStatus() {

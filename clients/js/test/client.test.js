@@ -344,3 +344,42 @@ test('getClient shares one client per URL until it is closed', async (t) => {
   const c = getClient(gw.url, { WebSocket });
   assert.notEqual(c, a);
 });
+
+test('SSE: a refused stream (HTTP 404) fails the subscription; channel messages arrive once', async (t) => {
+  const { gw, client, rec } = await setup(t, {}, { EventSource, transport: 'sse' });
+  const missing = new Recorder();
+  client.subscribe({ table: 'missing' }, missing.handlers());
+  await missing.wait(() => missing.errors.length === 1);
+  assert.equal(missing.errors[0].code, 'unknown_table');
+  assert.match(missing.errors[0].message, /HTTP 404/);
+  const channel = client.channel('system_notifications');
+  const got = new Recorder();
+  channel.on('subscribed', (f) => got.record('subscribed', f));
+  channel.on('message', (f) => got.record('messages', f.payload));
+  await got.wait(() => got.subscribed.length === 1);
+  gw.notify('system_notifications', 'one');
+  gw.notify('system_notifications', 'two');
+  await got.wait(() => got.messages.length === 2);
+  assert.deepEqual(got.messages, ['one', 'two']);
+  assert.equal(gw.handshakes, 0, 'never tried a WebSocket');
+  assert.equal(client.status, 'live');
+  assert.ok(!rec.errors.some((e) => e.code === 'unknown_table' && e !== missing.errors[0]));
+});
+
+test('SSE: a stream without snapshot resumes from its subscribed position when reopened', async (t) => {
+  const { gw, client } = await setup(t, {}, { EventSource, transport: 'sse' });
+  gw.table('orders');
+  gw.silently(() => gw.insert('orders', { id: 1 }));
+  const sub = new Recorder();
+  const handle = client.subscribe({ table: 'orders' }, sub.handlers());
+  await sub.wait(() => sub.subscribed.length === 1);
+  assert.equal(handle.resumeFrom, '1', 'the subscribed event id is the log position');
+  // A fatal stream error (closed EventSource): the client reopens it itself, with since.
+  const source = handle._source;
+  gw.silently(() => gw.insert('orders', { id: 2 }));
+  source.close();
+  source.dispatchEvent(new Event('error'));
+  await sub.wait(() => sub.changes.length === 1);
+  assert.equal(gw.sseRequests[1].url.searchParams.get('since'), '1');
+  assert.deepEqual(sub.changeIds, ['2']);
+});

@@ -98,11 +98,18 @@ class WsSession extends Session {
   }
 }
 
+// Like the gateway's GET /sse (docs/protocol.md, "Server-Sent Events"): headers are
+// written with the first event; a refused subscribe is an HTTP error with a JSON
+// body; each event is named after its frame's type; `id:` on changes, on
+// `subscribed` (the log position, unless after a replay) and on the last snapshot chunk.
+const SSE_ERROR_STATUS = { unknown_table: 404, forbidden_channel: 403, unavailable: 503 };
+
 class SseSession extends Session {
   constructor(gateway, res) {
     super(gateway, 'sse');
     this.res = res;
     this.closed = false;
+    this.started = false;
     res.on('close', () => {
       this.closed = true;
       gateway._dropSession(this);
@@ -112,8 +119,23 @@ class SseSession extends Session {
   send(frame) {
     if (this.closed) return;
     this.sent.push(frame);
-    const id = frame.type === 'change' ? `id: ${frame.id}\n` : '';
-    this.res.write(`${id}data: ${JSON.stringify(frame)}\n\n`);
+    if (!this.started) {
+      if (frame.type === 'error') {
+        this.res.writeHead(SSE_ERROR_STATUS[frame.code] || 400, { 'content-type': 'application/json' });
+        this.res.end(JSON.stringify(frame));
+        return;
+      }
+      this.started = true;
+      this.res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store' });
+      this.res.write('retry: 20\n\n'); // EventSource reconnect delay (the gateway says 1000)
+    }
+    let id = null;
+    if (frame.type === 'change') id = frame.id;
+    else if (frame.type === 'snapshot' && frame.done) id = frame.position;
+    else if (frame.type === 'subscribed' && frame.replayed === undefined && !frame.channel) {
+      id = frame.position ?? this.gateway.head();
+    }
+    this.res.write(`${id === null ? '' : `id: ${id}\n`}event: ${frame.type}\ndata: ${JSON.stringify(frame)}\n\n`);
   }
   close() {
     this.res.end();
@@ -375,11 +397,8 @@ export class FakeGateway extends EventEmitter {
     }
     this.sseRequests.push({ url, lastEventId: req.headers['last-event-id'] });
     this.emit('sse', url);
-    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store' });
-    res.write('retry: 20\n\n'); // EventSource reconnect delay
     const session = new SseSession(this, res);
     this._addSession(session);
-    session.send({ type: 'welcome', version: 1, server: 'pgcast/fake', position: this.head() });
     const q = url.searchParams;
     const since = req.headers['last-event-id'] || q.get('since');
     this._subscribe(session, {
