@@ -138,11 +138,13 @@ const MAX_FILTER_LENGTH = 4096;
 const MAX_CONDITIONS = 32;
 const MAX_IN_VALUES = 1000;
 const COLUMN_RE = /^[^\x00-\x1f=&"]{1,63}$/u;
-// Python's int() / float() literal grammar (underscores between digits, surrounding
-// whitespace), so "1_000" and " 7 " compare like on the gateway and "0x10" or ""
-// do not become numbers as JavaScript's Number() would make them.
-const INT_RE = /^\s*[+-]?\d(?:_?\d)*\s*$/;
-const FLOAT_RE = /^\s*[+-]?(?:\d(?:_?\d)*(?:\.(?:\d(?:_?\d)*)?)?|\.\d(?:_?\d)*)(?:[eE][+-]?\d(?:_?\d)*)?\s*$/;
+// Strict JSON-style numbers, as the gateway (src/pgcast/filters.py): no "_",
+// spaces, "+" or leading zeros, so "7_0", " 70", "+70" and "0070" never match 70
+// (a tenant id must not match another tenant's rows), and "0x10" or "" never
+// become numbers as JavaScript's Number() would make them.
+const INT_RE = /^-?(?:0|[1-9][0-9]*)$/;
+const DECIMAL_RE = /^-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?$/;
+const LEADING_ZERO_RE = /^-?0[0-9]/;
 
 function codePointLength(text) {
   let n = 0;
@@ -260,11 +262,9 @@ function parseList(term, value) {
 }
 
 function parseNumber(literal) {
-  if (INT_RE.test(literal) || FLOAT_RE.test(literal)) {
-    const n = Number(literal.trim().replaceAll('_', ''));
-    return Number.isFinite(n) ? n : null;
-  }
-  return null;
+  if (!INT_RE.test(literal) && (!DECIMAL_RE.test(literal) || LEADING_ZERO_RE.test(literal))) return null;
+  const n = Number(literal);
+  return Number.isFinite(n) ? n : null;
 }
 
 // Python compares str by code point; JavaScript's < compares UTF-16 code units,

@@ -26,7 +26,7 @@ const MATCH_CASES = [
   ['status=not.eq.pending', { status: 'shipped' }, true],
   ['status=not.in.(a,b)', { status: 'a' }, false],
   ['code=eq.007', { code: '007' }, true],
-  ['code=eq.007', { code: 7 }, true],
+  ['code=eq.007', { code: 7 }, false], // not a JSON number: no numeric match
   ['code=eq.007', { code: '7' }, false],
   ['amount=eq.100', { amount: 100.0 }, true],
   ['amount=gt.abc', { amount: 5 }, false],
@@ -38,6 +38,14 @@ const MATCH_CASES = [
   ['status=not.eq.x', { status: null }, false],
   ['status=eq.x', {}, false],
   ['value=eq.', { value: '' }, true],
+  // only strict JSON-style numbers compare numerically (tenant ids!)
+  ['tenant=eq.7_0', { tenant: 70 }, false],
+  ['tenant=eq. 70', { tenant: 70 }, false],
+  ['tenant=eq.+70', { tenant: 70 }, false],
+  ['tenant=eq.0070', { tenant: 70 }, false],
+  ['tenant=eq.70.0', { tenant: 70 }, true],
+  ['tenant=eq.7e1', { tenant: 70 }, true],
+  ['tenant=eq.-3', { tenant: -3 }, true],
 ];
 
 for (const [text, row, expected] of MATCH_CASES) {

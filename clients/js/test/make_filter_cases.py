@@ -14,8 +14,9 @@ from pgcast.filters import parse_filter
 rng = random.Random(5)
 OPS = ["eq", "neq", "lt", "lte", "gt", "gte"]
 LITERALS = ["1", "007", "7", "-3", "2.5", "1e2", "1_000", " 8 ", "0x10", "", "abc", "true", "false",
-            "null", "inf", "nan", "a.b", "Z", "é", "\ue000", "😀", "100.0", ".5", "5.", "+4"]
-VALUES = [None, True, False, 0, 1, 7, 8, 100, 1000, -3, 2.5, 16, "7", "007", "abc", "a.b", "Z", "é",
+            "null", "inf", "nan", "a.b", "Z", "é", "\ue000", "😀", "100.0", ".5", "5.", "+4", "7_0", "0070",
+            "0.5", "-0", "00.5", "1E+2", "70.0", "7e1", "-3.0e0", "1e400"]
+VALUES = [None, True, False, 0, 1, 7, 8, 70, 100, 1000, -3, 2.5, 0.5, 16, "7", "007", "abc", "a.b", "Z", "é",
           "\ue000", "😀", "", "true", [1], {"a": 1}]
 IS = ["null", "not_null", "true", "false"]
 BAD = ["status", "status=pending", "status=like.x", "=eq.x", "status=eq", "a=in.1,2", "a=in.()",
