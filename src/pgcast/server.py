@@ -32,6 +32,8 @@ from .hub import Hub, Subscription
 from .listener import Listener, ListenerState
 from .protocol import CloseCode, ErrorCode, Subscribe, Unsubscribe
 from .session import Session
+from .transports import ClientTransport
+from .transports.sse import HttpConnection
 from .transports.websocket import WebSocketConnection, http_response
 
 logger = logging.getLogger("pgcast.server")
@@ -113,11 +115,11 @@ class Catalog:
 
 
 class Client:
-    """Gateway-side state of one WebSocket client."""
+    """Gateway-side state of one client (WebSocket connection or SSE stream)."""
 
     __slots__ = ("conn", "inbox", "session", "worker")
 
-    def __init__(self, conn: WebSocketConnection, session: Session) -> None:
+    def __init__(self, conn: ClientTransport, session: Session) -> None:
         self.conn = conn
         self.session = session
         self.inbox: deque[str | bytes] = deque()
@@ -131,7 +133,7 @@ class Gateway:
         self.settings = settings
         self.dsn = dsn
         self.hub = Hub()
-        self.clients: dict[WebSocketConnection, Client] = {}
+        self.clients: dict[ClientTransport, Client] = {}
         self.listener = Listener(
             dsn,
             on_changes=self.dispatch,
@@ -178,7 +180,9 @@ class Gateway:
         )
         self._spawn(self._prune_periodically(), "pgcast-prune")
         logger.info(
-            "serving on http://%s:%s (ws: /ws, health: /health)", self.settings.host, self.port
+            "serving on http://%s:%s (ws: /ws, sse: /sse, health: /health)",
+            self.settings.host,
+            self.port,
         )
 
     @property
@@ -239,7 +243,8 @@ class Gateway:
             await asyncio.sleep(PRUNE_EVERY)
 
     def _new_connection(self) -> WebSocketConnection:
-        return WebSocketConnection(
+        return HttpConnection(
+            self,
             self,
             max_frame_bytes=self.settings.max_frame_bytes,
             outbox_limit=self.settings.outbox_limit,
@@ -249,7 +254,7 @@ class Gateway:
 
     def dispatch(self, changes: list[ChangeEvent]) -> None:
         """Route a batch of committed changes; one write per touched connection."""
-        touched: set[WebSocketConnection] = set()
+        touched: set[ClientTransport] = set()
         match = self.hub.match
         deliveries = 0
         for change in changes:
@@ -257,7 +262,7 @@ class Gateway:
                 if sub.buffer is not None:
                     sub.buffer.append(change)
                     continue
-                conn: WebSocketConnection = sub.owner
+                conn: ClientTransport = sub.owner
                 conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
                 touched.add(conn)
                 deliveries += 1
@@ -284,7 +289,7 @@ class Gateway:
             return
         body = protocol.channel_message_body(channel, payload)
         for sub in subs:
-            conn: WebSocketConnection = sub.owner
+            conn: ClientTransport = sub.owner
             conn.queue_message(sub.prefix, body)
             conn.flush()
         self.deliveries_out += len(subs)
@@ -306,6 +311,7 @@ class Gateway:
                 "name": "pgcast",
                 "version": __version__,
                 "websocket": "/ws",
+                "sse": "/sse",
                 "health": "/health",
             }
             return http_response(200, "OK", orjson.dumps(body), "application/json")
@@ -317,7 +323,15 @@ class Gateway:
         cursor = self.listener.cursor
         conn.send(protocol.welcome(SERVER_NAME, cursor.last_id if cursor.initialized else None))
 
-    def received(self, conn: WebSocketConnection, data: str | bytes) -> None:
+    def opened_stream(self, conn: ClientTransport, subscribe: dict[str, Any]) -> int | None:
+        """An SSE stream: no welcome, one subscription (``subscribe``, handled like a
+        WebSocket message). Returns the position a welcome would carry."""
+        cursor = self.listener.cursor
+        self.clients[conn] = Client(conn, Session(conn, max_subscriptions=1))
+        self.received(conn, orjson.dumps(subscribe).decode())
+        return cursor.last_id if cursor.initialized else None
+
+    def received(self, conn: ClientTransport, data: str | bytes) -> None:
         client = self.clients.get(conn)
         if client is None:
             return
@@ -329,7 +343,7 @@ class Gateway:
                 self._work(client), name=f"pgcast-client-{conn.peer}"
             )
 
-    def closed(self, conn: WebSocketConnection) -> None:
+    def closed(self, conn: ClientTransport) -> None:
         client = self.clients.pop(conn, None)
         if client is None:
             return
@@ -486,7 +500,7 @@ class Gateway:
         )
 
     async def _replay(
-        self, conn: WebSocketConnection, sub: Subscription, since: int
+        self, conn: ClientTransport, sub: Subscription, since: int
     ) -> tuple[set[int], Horizon | None]:
         replayed: set[int] = set()
         horizon: Horizon | None = None
