@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 
 from . import __version__, protocol
 from .capture.installer import prune
@@ -30,9 +32,11 @@ from .events import ChangeEvent
 from .exceptions import DatabaseUnavailable, ProtocolError
 from .hub import Hub, Subscription
 from .listener import Listener, ListenerState
+from .metrics import Registry
 from .protocol import CloseCode, ErrorCode, Subscribe, Unsubscribe
 from .session import Session
 from .transports import ClientTransport
+from .transports.http import HttpRequest
 from .transports.sse import HttpConnection
 from .transports.websocket import WebSocketConnection, http_response
 
@@ -41,6 +45,14 @@ logger = logging.getLogger("pgcast.server")
 SERVER_NAME = f"pgcast/{__version__}"
 INBOX_LIMIT = 64  # unprocessed client messages before we stop reading that socket
 PRUNE_EVERY = 600.0
+STATS_EVERY = 15.0
+# Estimates, not count(*): cheap on a log of any size.
+_STATS_QUERY = """
+SELECT (SELECT greatest(reltuples, 0) FROM pg_class
+         WHERE oid = to_regclass('pgcast.changes')) AS rows,
+       pg_total_relation_size(to_regclass('pgcast.changes')) AS bytes,
+       pg_notification_queue_usage() AS queue_usage
+"""
 CATALOG_REFRESH_MIN = 1.0
 
 
@@ -129,9 +141,18 @@ class Client:
 class Gateway:
     """A pgcast gateway bound to one database."""
 
-    def __init__(self, settings: Settings, dsn: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        dsn: str,
+        *,
+        routes: Callable[[HttpRequest], Awaitable[Response | None]] | None = None,
+    ) -> None:
+        """``routes`` answers plain HTTP requests the gateway does not (an embedding app's
+        own pages and API); it returns None for paths it does not serve."""
         self.settings = settings
         self.dsn = dsn
+        self.routes = routes
         self.hub = Hub()
         self.clients: dict[ClientTransport, Client] = {}
         self.listener = Listener(
@@ -144,12 +165,15 @@ class Gateway:
         )
         self.changes_in = 0
         self.deliveries_out = 0
+        self.overflows = 0
         self._pool: Any = None
         self._catalog: Catalog | None = None
         self._server: asyncio.Server | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._all_closed = asyncio.Event()
         self.started_at = time.time()
+        self.log_stats: dict[str, float] = {}  # refreshed by the housekeeping task
+        self.metrics_registry = self._build_metrics()
 
     # lifecycle -----------------------------------------------------------------
 
@@ -178,7 +202,7 @@ class Gateway:
             reuse_address=True,
             backlog=4096,
         )
-        self._spawn(self._prune_periodically(), "pgcast-prune")
+        self._spawn(self._housekeeping(), "pgcast-housekeeping")
         logger.info(
             "serving on http://%s:%s (ws: /ws, sse: /sse, health: /health)",
             self.settings.host,
@@ -229,18 +253,26 @@ class Gateway:
         if not task.cancelled() and task.exception() is not None:
             logger.error("task %s failed", task.get_name(), exc_info=task.exception())
 
-    async def _prune_periodically(self) -> None:
+    async def _housekeeping(self) -> None:
+        """Refresh the log statistics for /metrics, and prune the log by retention."""
+        next_prune = time.monotonic()
         while True:
             try:
                 async with self._pool.acquire() as conn:
-                    removed = await prune(conn, older_than=self.settings.retention)
-                if removed:
-                    logger.info(
-                        "pruned %d change log rows older than %s", removed, self.settings.retention
-                    )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                logger.warning("pruning the change log failed: %s", exc)
-            await asyncio.sleep(PRUNE_EVERY)
+                    row = await conn.fetchrow(_STATS_QUERY)
+                    self.log_stats = {k: float(v) for k, v in row.items() if v is not None}
+                    if time.monotonic() >= next_prune:
+                        next_prune = time.monotonic() + PRUNE_EVERY
+                        removed = await prune(conn, older_than=self.settings.retention)
+                        if removed:
+                            logger.info(
+                                "pruned %d change log rows older than %s",
+                                removed,
+                                self.settings.retention,
+                            )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                logger.warning("change log housekeeping failed: %s", exc)
+            await asyncio.sleep(STATS_EVERY)
 
     def _new_connection(self) -> WebSocketConnection:
         return HttpConnection(
@@ -252,8 +284,74 @@ class Gateway:
 
     # delivery (hot path) ----------------------------------------------------------
 
+    def _build_metrics(self) -> Registry:
+        registry = Registry()
+        registry.gauge(
+            "pgcast_connections", "Connected WebSocket and SSE clients.", lambda: len(self.clients)
+        )
+        registry.gauge("pgcast_subscriptions", "Open subscriptions.", self.hub.subscription_count)
+        registry.counter(
+            "pgcast_changes_total", "Changes read from the log.", lambda: self.changes_in
+        )
+        registry.counter(
+            "pgcast_deliveries_total",
+            "Messages delivered to subscribers.",
+            lambda: self.deliveries_out,
+        )
+        registry.counter(
+            "pgcast_slow_consumer_closes_total",
+            "Clients closed because their outbox overflowed.",
+            lambda: self.overflows,
+        )
+        registry.counter(
+            "pgcast_listener_reconnects_total",
+            "LISTEN connection reconnects.",
+            lambda: self.listener.reconnects,
+        )
+        registry.gauge(
+            "pgcast_listener_up",
+            "1 while the LISTEN connection is listening.",
+            lambda: float(self.listener.state is ListenerState.LISTENING),
+        )
+        registry.gauge(
+            "pgcast_listener_lag_seconds",
+            "Seconds since the last complete log read.",
+            lambda: self.listener.lag_seconds,
+        )
+        registry.gauge(
+            "pgcast_log_rows", "Rows in the change log.", lambda: self.log_stats.get("rows")
+        )
+        registry.gauge(
+            "pgcast_log_bytes",
+            "On-disk size of the change log.",
+            lambda: self.log_stats.get("bytes"),
+        )
+        registry.gauge(
+            "pgcast_notification_queue_usage",
+            "pg_notification_queue_usage() of the database (0..1).",
+            lambda: self.log_stats.get("queue_usage"),
+        )
+        self.dispatch_seconds = registry.histogram(
+            "pgcast_dispatch_seconds", "Time to route and write one batch of changes."
+        )
+        self.capture_to_send_seconds = registry.histogram(
+            "pgcast_capture_to_send_seconds",
+            "From a change's capture (end of its statement) to its batch being written.",
+        )
+        return registry
+
+    def metrics(self) -> str:
+        """The Prometheus text exposition of this gateway's metrics."""
+        return self.metrics_registry.render()
+
+    def overflowed(self, conn: ClientTransport) -> None:
+        """A client's outbox overflowed; the transport is closing it (4001)."""
+        self.overflows += 1
+        logger.info("closing slow client %s: outbox overflow (it resumes on reconnect)", conn.peer)
+
     def dispatch(self, changes: list[ChangeEvent]) -> None:
         """Route a batch of committed changes; one write per touched connection."""
+        started = time.perf_counter()
         touched: set[ClientTransport] = set()
         match = self.hub.match
         deliveries = 0
@@ -270,6 +368,9 @@ class Gateway:
             conn.flush()
         self.changes_in += len(changes)
         self.deliveries_out += deliveries
+        self.dispatch_seconds.observe(time.perf_counter() - started)
+        if changes:
+            self.capture_to_send_seconds.observe(time.time() - _epoch(changes[-1].committed_at))
 
     def resync_all(self, pruned_through: int) -> None:
         """Tell every table subscriber that changes were lost to pruning: refetch."""
@@ -296,23 +397,28 @@ class Gateway:
 
     # transport callbacks -----------------------------------------------------------
 
-    def http(self, request: Request) -> Response | None:
-        path = request.path.partition("?")[0]
-        if path == "/ws":
-            return None
-        if path == "/health":
+    async def http(self, request: HttpRequest) -> Response:
+        """Plain HTTP: the gateway's own routes, then the embedding app's (``routes``)."""
+        if request.path == "/health":
             health = self.health()
-            status, reason = (
-                (200, "OK") if health["status"] == "ok" else (503, "Service Unavailable")
-            )
+            ok = health["status"] == "ok"
+            status, reason = (200, "OK") if ok else (503, "Service Unavailable")
             return http_response(status, reason, orjson.dumps(health), "application/json")
-        if path == "/":
+        if request.path == "/metrics":
+            text = self.metrics().encode()
+            return http_response(200, "OK", text, "text/plain; version=0.0.4")
+        if self.routes is not None:
+            response = await self.routes(request)
+            if response is not None:
+                return response
+        if request.path == "/":
             body = {
                 "name": "pgcast",
                 "version": __version__,
                 "websocket": "/ws",
                 "sse": "/sse",
                 "health": "/health",
+                "metrics": "/metrics",
             }
             return http_response(200, "OK", orjson.dumps(body), "application/json")
         return http_response(404, "Not Found", b'{"error":"not found"}', "application/json")
@@ -577,6 +683,14 @@ class Gateway:
             "deliveries_out": self.deliveries_out,
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
+
+
+def _epoch(timestamp: str) -> float:
+    """Seconds since the epoch of a change's ``committed_at`` (ISO 8601, UTC)."""
+    try:
+        return datetime.fromisoformat(timestamp).timestamp()
+    except ValueError:
+        return math.nan
 
 
 def _select_rows(rows: list[str], sub: Subscription, keep: frozenset[str]) -> list[bytes]:

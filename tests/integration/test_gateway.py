@@ -199,3 +199,30 @@ async def test_health_reports_clients_and_listener(
     health = orjson.loads(body)
     assert health["status"] == "ok" and health["clients"] == 1
     assert health["listener"]["state"] == "listening"
+
+
+async def test_metrics_are_exposed_in_prometheus_format(
+    database_url: str, orders: asyncpg.Connection
+) -> None:
+    async with running_gateway(database_url) as gateway, ws_client(gateway) as client:
+        await client.subscribe("s", table="orders")
+        await orders.execute("INSERT INTO orders (status) VALUES ('a'), ('b')")
+        await client.changes(2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(), TIMEOUT)
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"text/plain" in head
+    metrics = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            metrics[name] = float(value)
+    assert metrics["pgcast_connections"] == 1
+    assert metrics["pgcast_subscriptions"] == 1
+    assert metrics["pgcast_changes_total"] >= 2
+    assert metrics["pgcast_deliveries_total"] >= 2
+    assert metrics["pgcast_listener_up"] == 1
+    assert metrics["pgcast_dispatch_seconds_count"] >= 1
+    assert metrics['pgcast_capture_to_send_seconds_bucket{le="+Inf"}'] >= 1

@@ -69,6 +69,8 @@ class StreamApplication(Protocol):
 
     def closed(self, conn: SseConnection) -> None: ...
 
+    def overflowed(self, conn: SseConnection) -> None: ...
+
 
 def subscribe_message(request: Request) -> dict[str, Any]:
     """The ``subscribe`` message equivalent to an SSE request; validation is the gateway's.
@@ -277,6 +279,7 @@ class SseConnection(asyncio.Protocol):
             if self._outbox_frames > self.outbox_limit:
                 self._outbox.clear()
                 self._outbox_frames = 0
+                self.app.overflowed(self)
                 self.close(CloseCode.SLOW_CONSUMER, "outbox overflow: reconnect and resume")
             return
         if not self._started:
@@ -359,6 +362,8 @@ class HttpConnection(WebSocketConnection):
     """The gateway's protocol for every TCP connection: HTTP and WebSocket as
     :class:`WebSocketConnection`, except that ``GET /sse`` becomes an
     :class:`SseConnection` on the same socket."""
+
+    stream_paths = frozenset({"/ws", SSE_PATH})
 
     def __init__(
         self,

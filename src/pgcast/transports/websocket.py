@@ -19,6 +19,7 @@ import email.utils
 import logging
 from typing import Protocol
 
+import orjson
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
@@ -26,6 +27,7 @@ from websockets.protocol import OPEN, State
 from websockets.server import ServerProtocol
 
 from .frames import text_frame, text_frame_header
+from .http import HttpError, HttpRequest, head_complete, parse_head
 
 logger = logging.getLogger("pgcast.transport")
 
@@ -36,8 +38,8 @@ CLOSE_TIMEOUT = 5.0
 class Application(Protocol):
     """What the transport needs from the gateway."""
 
-    def http(self, request: Request) -> Response | None:
-        """A plain HTTP response for ``request``, or None to attempt a WebSocket upgrade."""
+    async def http(self, request: HttpRequest) -> Response:
+        """The response to a plain HTTP request (anything but a WebSocket or SSE stream)."""
 
     def opened(self, conn: WebSocketConnection) -> None: ...
 
@@ -45,6 +47,9 @@ class Application(Protocol):
         """A text (str) or binary (bytes) message from the client."""
 
     def closed(self, conn: WebSocketConnection) -> None: ...
+
+    def overflowed(self, conn: WebSocketConnection) -> None:
+        """``conn``'s outbox overflowed; it is being closed with 4001."""
 
 
 def http_response(status: int, reason: str, body: bytes, content_type: str) -> Response:
@@ -63,6 +68,8 @@ def http_response(status: int, reason: str, body: bytes, content_type: str) -> R
 class WebSocketConnection(asyncio.Protocol):
     """One client connection: HTTP request, then (usually) a WebSocket."""
 
+    stream_paths: frozenset[str] = frozenset({"/ws"})  # GET paths handled as streams
+
     def __init__(self, app: Application, *, max_frame_bytes: int, outbox_limit: int) -> None:
         self.app = app
         self.ws = ServerProtocol(max_size=max_frame_bytes)
@@ -77,6 +84,11 @@ class WebSocketConnection(asyncio.Protocol):
         self._upgraded = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
+        # The request head (and a plain request's body) until we know what it is.
+        self._pending: bytearray | None = bytearray()
+        self._plain: HttpRequest | None = None
+        self._body_length = 0
+        self._http_task: asyncio.Task[None] | None = None
 
     # asyncio.Protocol ------------------------------------------------------------
 
@@ -89,10 +101,18 @@ class WebSocketConnection(asyncio.Protocol):
             self.peer = f"{peer[0]}:{peer[1]}"
 
     def data_received(self, data: bytes) -> None:
+        if self._pending is not None:
+            self._pending += data
+            self._read_request()
+            return
+        if self._plain is not None:
+            return  # a plain request's connection: nothing more is read
         self.ws.receive_data(data)
         self._process_events()
 
     def eof_received(self) -> bool | None:
+        if self._pending is not None or self._plain is not None:
+            return None  # let the response (if any) go out; the transport closes after it
         self.ws.receive_eof()
         self._process_events()
         return None
@@ -100,6 +120,8 @@ class WebSocketConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._close_timer is not None:
             self._close_timer.cancel()
+        if self._http_task is not None:
+            self._http_task.cancel()
         self._outbox.clear()
         for waiter in self._drain_waiters:
             if not waiter.done():
@@ -167,6 +189,7 @@ class WebSocketConnection(asyncio.Protocol):
 
                 self._outbox.clear()
                 self._outbox_frames = 0
+                self.app.overflowed(self)
                 self.close(CloseCode.SLOW_CONSUMER, "outbox overflow: reconnect and resume")
             return
         data = b"".join(self._outbox)
@@ -191,6 +214,53 @@ class WebSocketConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    # plain HTTP ---------------------------------------------------------------------
+
+    def _read_request(self) -> None:
+        """Buffer the request head; route it to WebSocket/SSE or answer it as plain HTTP."""
+        assert self._pending is not None and self.transport is not None
+        try:
+            if self._plain is None:
+                end = head_complete(self._pending)
+                if not end:
+                    return
+                request, self._body_length = parse_head(self._pending[:end])
+                if request.method == "GET" and request.path in self.stream_paths:
+                    # WebSocket handshake (or SSE): websockets' parser takes it from here.
+                    buffered, self._pending = bytes(self._pending), None
+                    self.ws.receive_data(buffered)
+                    self._process_events()
+                    return
+                self._plain = request
+                del self._pending[:end]
+            if len(self._pending) < self._body_length:
+                return
+        except HttpError as exc:
+            self._pending = None
+            self._plain = HttpRequest("GET", "/", [])
+            body = orjson.dumps({"error": exc.message})
+            self._write_response(http_response(exc.status, "Error", body, "application/json"))
+            return
+        self._plain.body = bytes(self._pending[: self._body_length])
+        self._pending = None
+        self._http_task = asyncio.create_task(self._answer(self._plain))
+
+    async def _answer(self, request: HttpRequest) -> None:
+        try:
+            response = await self.app.http(request)
+        except Exception:
+            logger.exception("HTTP %s %s failed", request.method, request.path)
+            body = b'{"error":"internal error"}'
+            response = http_response(500, "Internal Server Error", body, "application/json")
+        if request.method == "HEAD":
+            response = Response(response.status_code, response.reason_phrase, response.headers)
+        self._write_response(response)
+
+    def _write_response(self, response: Response) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(response.serialize())
+            self.transport.close()
+
     # internals --------------------------------------------------------------------
 
     def _process_events(self) -> None:
@@ -203,10 +273,6 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _on_request(self, request: Request) -> None:
         self.request = request
-        response = self.app.http(request)
-        if response is not None:
-            self.ws.send_response(response)
-            return
         response = self.ws.accept(request)
         self.ws.send_response(response)
         if response.status_code == 101:
