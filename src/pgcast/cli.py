@@ -25,7 +25,7 @@ from . import __version__
 from .capture import installer
 from .config import Settings, load_settings
 from .embedded import resolve_database_url
-from .exceptions import PgcastError
+from .exceptions import ConfigError, PgcastError
 from .identifiers import TableName, parse_table_name, validate_column_name
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database_options(prune)
     prune.add_argument("--older-than", help="age such as 7d, 12h (default: the retention setting)")
     prune.add_argument("--keep-last", type=int, help="keep only the newest N rows")
+
+    demo = commands.add_parser(
+        "demo", help="a live orders app on an embedded PostgreSQL, in one command"
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    demo.add_argument("--open", action="store_true", help="open the page in a browser")
+    demo.add_argument("--database-url", help="use this database instead of the embedded PostgreSQL")
 
     listen = commands.add_parser("listen", help="print changes of a table (or a raw channel)")
     listen.add_argument("target", metavar="TABLE|CHANNEL")
@@ -297,6 +305,28 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.server import run_demo
+    from .embedded import ensure_embedded, psql_path
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not a valid port (0-65535)")
+    # The demo never touches a configured database unless asked to explicitly.
+    dsn = args.database_url or await asyncio.to_thread(ensure_embedded)
+    psql = None if args.database_url else str(psql_path())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await run_demo(
+            dsn, host=args.host, port=args.port, open_browser=args.open, psql=psql, stop=stop
+        )
+    except OSError as exc:
+        raise PgcastError(f"cannot start the demo: {exc}", hint="try --port 8001") from None
+    return EXIT_OK
+
+
 async def cmd_listen(args: argparse.Namespace) -> int:
     from .client.listen import listen
 
@@ -320,6 +350,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "status": cmd_status,
     "prune": cmd_prune,
     "listen": cmd_listen,
+    "demo": cmd_demo,
 }
 
 

