@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import pytest
 
 from pgcast.demo.server import run_demo
 from pgcast.server import Gateway
