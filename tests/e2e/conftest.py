@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 CHROMIUM = os.environ.get("PGCAST_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+CHROMIUM_FOUND = os.path.exists(CHROMIUM)
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
@@ -18,7 +19,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 async def browser() -> AsyncIterator[Any]:
     from playwright.async_api import async_playwright
 
-    if not Path(CHROMIUM).exists():
+    if not CHROMIUM_FOUND:
         pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium (.ci/run does)")
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(

@@ -15,6 +15,9 @@ from pgcast.server import Gateway
 
 from .conftest import ARTIFACTS
 
+# Waits until the status select of order `id` shows STATUS.
+SELECTED = "id => document.querySelector(`tr[data-id='${id}'] select`).value === 'STATUS'"
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -66,13 +69,14 @@ async def test_two_pages_stay_in_sync_across_a_gateway_restart(
             for page in (page_a, page_b):
                 select = page.locator(f'tr[data-id="{order_id}"] select')
                 await page.wait_for_function(
-                    "id => document.querySelector(`tr[data-id='${id}'] select`).value === 'shipped'",
+                    SELECTED.replace("STATUS", "shipped"),
                     arg=order_id,
                     timeout=2_000,
                 )
                 assert await select.input_value() == "shipped"
             other = await db.fetchval(
-                "INSERT INTO orders (customer_name, product_name) VALUES ('Bob', 'Kettle') RETURNING id"
+                "INSERT INTO orders (customer_name, product_name) "
+                "VALUES ('Bob', 'Kettle') RETURNING id"
             )
             await db.execute("DELETE FROM orders WHERE id = $1", order_id)
             for page in (page_a, page_b):
@@ -97,7 +101,7 @@ async def test_two_pages_stay_in_sync_across_a_gateway_restart(
                 await page.locator('#status[data-status="live"]').wait_for(timeout=20_000)
                 await page.locator(f'tr[data-id="{missed}"]').wait_for(timeout=5_000)
                 await page.wait_for_function(
-                    "id => document.querySelector(`tr[data-id='${id}'] select`).value === 'delivered'",
+                    SELECTED.replace("STATUS", "delivered"),
                     arg=other,
                     timeout=5_000,
                 )
@@ -142,10 +146,8 @@ async def test_rest_api_validates_input(database_url: str) -> None:
         ]
         for method, path, body, status in cases:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(
-                f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                + body
-            )
+            head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            writer.write(head.encode() + body)
             response = await asyncio.wait_for(reader.read(), 10)
             writer.close()
             assert response.split(b" ")[1] == str(status).encode(), (
