@@ -30,7 +30,7 @@ from typing import Any
 
 import asyncpg
 
-from .events import ChangeEvent
+from .events import ChangeEvent, Horizon
 from .identifiers import quote_ident
 
 PAGE_SIZE = 5000
@@ -183,33 +183,15 @@ class Replay:
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class Horizon:
-    """The snapshot a replay or table snapshot was read in: its log head and open txids.
-
-    A change is *after* the horizon iff its id is above ``head`` or its transaction
-    was still open then (listed in ``pending``, or at or above ``xmax``). Live changes
-    buffered while the replay ran are sent only if they are after the horizon: the
-    others are in the replay or the snapshot, or the client already has them, and
-    sending them late would reorder a row.
-    """
-
-    head: int
-    pending: frozenset[int]
-    xmax: int
-
-    @classmethod
-    def from_row(cls, row: Any) -> Horizon:
-        return cls(row["head"], frozenset(row["pending"]), row["xmax"])
-
-    def is_after(self, change: ChangeEvent) -> bool:
-        return change.id > self.head or change.txid >= self.xmax or change.txid in self.pending
+def horizon_from_row(row: Any) -> Horizon:
+    """The Horizon of a ``_HEAD`` query row."""
+    return Horizon(row["head"], frozenset(row["pending"]), row["xmax"])
 
 
 async def replay(
     conn: Connection,
     *,
-    since: int,
+    since: int | Horizon,
     schema: str,
     table: str,
     events: Sequence[str],
@@ -218,50 +200,81 @@ async def replay(
 ) -> AsyncIterator[list[ChangeEvent] | Replay | Horizon]:
     """Yield pages of changes to ``schema.table`` a client at position ``since`` may lack.
 
-    First yields the ``Horizon`` of the replay's snapshot. Yields ``Replay(resync=True)``
-    instead of pages when the log no longer covers ``since`` (pruned beyond it).
+    ``since`` is a change id (the client holds that change), or an exact ``Horizon``
+    (a snapshot's or the welcome's position): then exactly the changes after it are
+    replayed. First yields the ``Horizon`` of the replay's own snapshot. Yields
+    ``Replay(resync=True)`` instead of pages when the log was pruned past ``since``.
     """
+    head = since.head if isinstance(since, Horizon) else since
+    where = "schema_name = $1 AND table_name = $2 AND op = ANY($3::text[])"
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         if not await log_installed(conn):
             return
-        yield Horizon.from_row(await conn.fetchrow(_HEAD, timeout=timeout))
+        yield horizon_from_row(await conn.fetchrow(_HEAD, timeout=timeout))
         pruned = await conn.fetchval(
             "SELECT coalesce((SELECT value::bigint FROM pgcast.state"
             " WHERE key = 'pruned_through'), 0)"
         )
-        if since < pruned:
+        if head < pruned:
             yield Replay(
                 resync=True,
-                reason=f"the change log was pruned through id {pruned}; position {since} "
+                reason=f"the change log was pruned through id {pruned}; position {head} "
                 "is too old to resume",
             )
             return
-        anchor = await conn.fetchrow(
-            "SELECT txid::text AS txid, tx_xmin::text AS xmin FROM pgcast.changes"
-            " WHERE id <= $1 ORDER BY id DESC LIMIT 1",
-            since,
-        )
-        where = "schema_name = $1 AND table_name = $2 AND op = ANY($3::text[])"
-        if anchor is not None:
-            # The client holds row `since`, hence every earlier row of its own
-            # transaction (a transaction is delivered whole, in id order).
+        if isinstance(since, Horizon):
             late = await conn.fetch(
-                _SELECT + f"WHERE {where} AND id <= $4 AND txid >= $5::text::xid8"
-                " AND txid <> $6::text::xid8 ORDER BY id",
+                _SELECT + f"WHERE {where} AND id <= $4"
+                " AND (txid = ANY($5::text[]::xid8[]) OR txid >= $6::text::xid8) ORDER BY id",
                 schema,
                 table,
                 list(events),
-                since,
-                anchor["xmin"],
-                anchor["txid"],
+                head,
+                [str(x) for x in since.pending],
+                str(since.xmax),
                 timeout=timeout,
             )
-            if late:
-                yield [change_from_row(row) for row in late]
+        else:
+            late = await _late_after_change(conn, where, schema, table, events, head, timeout)
+        if late:
+            yield [change_from_row(row) for row in late]
         async for page in _pages_after(
-            conn, where, schema, table, events, since, timeout, page_size
+            conn, where, schema, table, events, head, timeout, page_size
         ):
             yield page
+
+
+async def _late_after_change(
+    conn: Connection,
+    where: str,
+    schema: str,
+    table: str,
+    events: Sequence[str],
+    since: int,
+    timeout: float | None,
+) -> list[Any]:
+    """Rows at or below change ``since`` that may have committed after it was delivered."""
+    anchor = await conn.fetchrow(
+        "SELECT txid::text AS txid, tx_xmin::text AS xmin FROM pgcast.changes"
+        " WHERE id <= $1 ORDER BY id DESC LIMIT 1",
+        since,
+    )
+    if anchor is None:
+        return []
+    # The client holds row `since`, hence every earlier row of its own transaction
+    # (a transaction is delivered whole, in id order).
+    rows: list[Any] = await conn.fetch(
+        _SELECT + f"WHERE {where} AND id <= $4 AND txid >= $5::text::xid8"
+        " AND txid <> $6::text::xid8 ORDER BY id",
+        schema,
+        table,
+        list(events),
+        since,
+        anchor["xmin"],
+        anchor["txid"],
+        timeout=timeout,
+    )
+    return rows
 
 
 @dataclass
@@ -269,7 +282,6 @@ class TableRows:
     """A chunk of a table snapshot: rows as JSON text, and the log head it is consistent with."""
 
     rows: list[str]
-    position: int
     done: bool
     horizon: Horizon
 
@@ -283,7 +295,7 @@ async def snapshot(
     timeout: float | None,
     chunk_size: int = 500,
     page_size: int = PAGE_SIZE,
-) -> AsyncIterator[TableRows | list[ChangeEvent]]:
+) -> AsyncIterator[TableRows | list[ChangeEvent] | Replay]:
     """Yield the table's rows in chunks, then every change committed after them.
 
     The rows are read in one REPEATABLE READ snapshot S, together with the log head
@@ -294,8 +306,7 @@ async def snapshot(
     """
     relation = f"{quote_ident(schema)}.{quote_ident(table)}"
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        horizon = Horizon.from_row(await conn.fetchrow(_HEAD, timeout=timeout))
-        head = horizon.head
+        horizon = horizon_from_row(await conn.fetchrow(_HEAD, timeout=timeout))
         chunk: list[str] = []
         async for row in conn.cursor(
             f"SELECT to_jsonb(t)::text AS row FROM {relation} t",
@@ -304,28 +315,21 @@ async def snapshot(
         ):
             chunk.append(row["row"])
             if len(chunk) >= chunk_size:
-                yield TableRows(chunk, head, False, horizon)
+                yield TableRows(chunk, False, horizon)
                 chunk = []
-        yield TableRows(chunk, head, True, horizon)
-    where = "schema_name = $1 AND table_name = $2 AND op = ANY($3::text[])"
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        late = await conn.fetch(
-            _SELECT + f"WHERE {where} AND id <= $4"
-            " AND (txid = ANY($5::text[]::xid8[]) OR txid >= $6::text::xid8) ORDER BY id",
-            schema,
-            table,
-            list(events),
-            head,
-            [str(x) for x in horizon.pending],
-            str(horizon.xmax),
-            timeout=timeout,
-        )
-        if late:
-            yield [change_from_row(row) for row in late]
-        async for page in _pages_after(
-            conn, where, schema, table, events, head, timeout, page_size
-        ):
-            yield page
+        yield TableRows(chunk, True, horizon)
+    # Then exactly the changes after the snapshot: a replay from its horizon.
+    async for item in replay(
+        conn,
+        since=horizon,
+        schema=schema,
+        table=table,
+        events=events,
+        timeout=timeout,
+        page_size=page_size,
+    ):
+        if not isinstance(item, Horizon):
+            yield item
 
 
 async def _pages_after(

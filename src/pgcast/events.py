@@ -9,6 +9,8 @@ needs a value.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -158,3 +160,41 @@ def _project(row: Row | None, columns: frozenset[str]) -> str:
 def subscription_prefix(sub: str) -> bytes:
     """The per-subscription start of a change message: ``{"type":"change","sub":"s1",``."""
     return b'{"type":"change","sub":' + orjson.dumps(sub) + b","
+
+
+_POSITION = re.compile(r"([0-9]{1,19}):([0-9]{1,19}):((?:[0-9]{1,19})(?:,[0-9]{1,19}){0,999})?")
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """An exact log position: a snapshot's head and the transactions open in it.
+
+    A change is *after* the horizon iff its id is above ``head`` or its transaction
+    was still open then (listed in ``pending``, or at or above ``xmax``: PostgreSQL
+    does not list running xids at or above xmax). Used to hand a snapshot or a replay
+    over to the live stream without gap or duplicate, and, encoded as a position
+    string (``head:xmax:pending,...``), to resume exactly after a snapshot.
+    """
+
+    head: int
+    pending: frozenset[int]
+    xmax: int
+
+    def is_after(self, change: ChangeEvent) -> bool:
+        return change.id > self.head or change.txid >= self.xmax or change.txid in self.pending
+
+    def encode(self) -> str:
+        return f"{self.head}:{self.xmax}:{','.join(str(x) for x in sorted(self.pending))}"
+
+    @classmethod
+    def parse(cls, text: str) -> Horizon | None:
+        """The horizon a position string encodes, or None if it is not one."""
+        match = _POSITION.fullmatch(text)
+        if match is None:
+            return None
+        pending = match.group(3)
+        return cls(
+            int(match.group(1)),
+            frozenset(int(x) for x in pending.split(",")) if pending else frozenset(),
+            int(match.group(2)),
+        )

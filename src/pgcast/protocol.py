@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .events import OPS
+from .events import OPS, Horizon
 from .exceptions import ProtocolError
 from .filters import MATCH_ALL, Filter, parse_filter
 
@@ -65,7 +65,7 @@ class Subscribe:
     events: frozenset[str] = OPS
     filter: Filter = MATCH_ALL
     columns: frozenset[str] | None = None
-    since: int | None = None
+    since: int | Horizon | None = None
     snapshot: bool = False
 
 
@@ -226,17 +226,23 @@ def _columns(value: Any) -> frozenset[str] | None:
     return frozenset(value)
 
 
-def _since(value: Any) -> int | None:
+def _since(value: Any) -> int | Horizon | None:
+    """A change id (``"1042"``) or an exact position (``"1041:88233:88230"``)."""
     if value is None:
         return None
+    message = "'since' must be a change id such as \"1042\" or a position from the gateway"
     if isinstance(value, bool):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "'since' must be a change id such as \"1042\"")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, message)
     if isinstance(value, int):
         number = value
     elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
         number = int(value)
+    elif isinstance(value, str) and (horizon := Horizon.parse(value)) is not None:
+        if max(horizon.head, horizon.xmax) >= 2**63:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "'since' is out of range")
+        return horizon
     else:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "'since' must be a change id such as \"1042\"")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, message)
     if not 0 <= number < 2**63:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "'since' is out of range")
     return number
@@ -247,14 +253,14 @@ def encode(message: dict[str, Any]) -> bytes:
     return orjson.dumps(message)
 
 
-def welcome(server: str, position: int | None) -> bytes:
+def welcome(server: str, position: str | None) -> bytes:
     """``position`` is the log head the gateway reads from; None until it first connected."""
     return encode(
         {
             "type": "welcome",
             "version": PROTOCOL_VERSION,
             "server": server,
-            "position": None if position is None else str(position),
+            "position": position,
         }
     )
 
@@ -280,7 +286,7 @@ def resync(sub_id: str, reason: str) -> bytes:
 
 
 def snapshot_chunk(
-    sub_id: str, rows: list[bytes], *, part: int, done: bool, position: int
+    sub_id: str, rows: list[bytes], *, part: int, done: bool, position: str
 ) -> bytes:
     """A ``snapshot`` message; ``rows`` are already-encoded JSON objects."""
     return b"".join(
@@ -294,7 +300,7 @@ def snapshot_chunk(
             b'],"done":',
             b"true" if done else b"false",
             b',"position":"',
-            str(position).encode(),
+            position.encode(),
             b'"}',
         )
     )

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,9 +26,9 @@ from websockets.http11 import Response
 
 from . import __version__, protocol
 from .capture.installer import prune
-from .changelog import Horizon, Replay, TableRows, replay, snapshot
+from .changelog import Replay, TableRows, replay, snapshot
 from .config import Settings
-from .events import ChangeEvent
+from .events import ChangeEvent, Horizon
 from .exceptions import DatabaseUnavailable, ProtocolError
 from .hub import Hub, Subscription
 from .listener import Listener, ListenerState
@@ -426,16 +426,26 @@ class Gateway:
     def opened(self, conn: WebSocketConnection) -> None:
         session = Session(conn, max_subscriptions=self.settings.max_subscriptions)
         self.clients[conn] = Client(conn, session)
-        cursor = self.listener.cursor
-        conn.send(protocol.welcome(SERVER_NAME, cursor.last_id if cursor.initialized else None))
+        conn.send(protocol.welcome(SERVER_NAME, self.position()))
 
-    def opened_stream(self, conn: ClientTransport, subscribe: dict[str, Any]) -> int | None:
+    def position(self) -> str | None:
+        """The exact log position the gateway has dispatched up to (None before it read).
+
+        A client that resumes from it gets every change the gateway had not yet
+        dispatched when it connected: nothing earlier, nothing missed.
+        """
+        cursor = self.listener.cursor
+        if not cursor.initialized:
+            return None
+        return Horizon(cursor.last_id, frozenset(cursor.pending), cursor.xmax).encode()
+
+    def opened_stream(self, conn: ClientTransport, subscribe: dict[str, Any]) -> str | None:
         """An SSE stream: no welcome, one subscription (``subscribe``, handled like a
         WebSocket message). Returns the position a welcome would carry."""
         cursor = self.listener.cursor
         self.clients[conn] = Client(conn, Session(conn, max_subscriptions=1))
         self.received(conn, orjson.dumps(subscribe).decode())
-        return cursor.last_id if cursor.initialized else None
+        return self.position()
 
     def received(self, conn: ClientTransport, data: str | bytes) -> None:
         client = self.clients.get(conn)
@@ -520,119 +530,92 @@ class Gateway:
                 ErrorCode.BAD_REQUEST, f"unknown columns for table {info.name!r}: {unknown}"
             )
         sub = client.session.open(request, schema=info.schema, table=info.name)
-        fields = {"schema": info.schema, "table": info.name}
-        if request.snapshot:
-            await self._subscribe_with_snapshot(client, sub, info)
-            return
-        if request.since is None:
+        fields: dict[str, Any] = {"schema": info.schema, "table": info.name}
+        if not request.snapshot and request.since is None:
             self.hub.add(sub)
             conn.send(protocol.subscribed(sub.id, **fields))
             return
-        sub.begin_catch_up()
-        self.hub.add(sub)
-        try:
-            replayed, horizon = await self._replay(conn, sub, request.since)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            client.session.close_subscription(sub.id)
-            self._forget(sub)
-            raise ProtocolError(
-                ErrorCode.UNAVAILABLE, f"could not read the change log to resume: {exc}"
-            ) from None
-        for change in sub.finish_catch_up(replayed, horizon.is_after if horizon else None):
-            conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
-        conn.flush()
-        conn.send(protocol.subscribed(sub.id, replayed=len(replayed), **fields))
-
-    async def _subscribe_with_snapshot(
-        self, client: Client, sub: Subscription, info: TableInfo
-    ) -> None:
-        """Rows matching the filter (chunked), then changes after them, then live."""
-        conn = client.conn
-        sub.begin_catch_up()
-        self.hub.add(sub)
-        sent_ids: set[int] = set()
-        rows_sent = 0
-        position = 0
-        horizon: Horizon | None = None
-        part = 0
-        # Project like the log does (tracked columns), then like the subscriber asked.
+        # Project snapshot rows like the log does (tracked columns), then as asked.
         keep = info.columns if sub.columns is None else info.columns & sub.columns
+        timeout = self.settings.probe_interval * 4
+        events = sorted(sub.events)
+        sub.begin_catch_up()
+        self.hub.add(sub)
         try:
             async with self._pool.acquire() as db:
-                async for item in snapshot(
-                    db,
-                    schema=sub.schema,
-                    table=sub.table,
-                    events=sorted(sub.events),
-                    timeout=self.settings.probe_interval * 4,
-                ):
-                    if isinstance(item, TableRows):
-                        rows = _select_rows(item.rows, sub, keep)
-                        rows_sent += len(rows)
-                        position, horizon = item.position, item.horizon
-                        conn.send(
-                            protocol.snapshot_chunk(
-                                sub.id, rows, part=part, done=item.done, position=position
-                            )
-                        )
-                        part += 1
-                        await conn.drained()
-                        continue
-                    for change in item:
-                        if sub.wants(change):
-                            conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
-                            sent_ids.add(change.id)
-                    conn.flush()
-                    await conn.drained()
+                items: AsyncIterator[TableRows | list[ChangeEvent] | Replay | Horizon]
+                if request.snapshot:
+                    items = snapshot(
+                        db, schema=sub.schema, table=sub.table, events=events, timeout=timeout
+                    )
+                else:
+                    assert request.since is not None
+                    items = replay(
+                        db,
+                        since=request.since,
+                        schema=sub.schema,
+                        table=sub.table,
+                        events=events,
+                        timeout=timeout,
+                    )
+                fields |= await self._catch_up(conn, sub, items, keep)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             client.session.close_subscription(sub.id)
             self._forget(sub)
             raise ProtocolError(
-                ErrorCode.UNAVAILABLE, f"could not read the snapshot: {exc}"
+                ErrorCode.UNAVAILABLE, f"could not read the change log: {exc}"
             ) from None
-        assert horizon is not None
-        for change in sub.finish_catch_up(sent_ids, horizon.is_after):
-            conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
-        conn.flush()
-        self.deliveries_out += len(sent_ids)
-        conn.send(
-            protocol.subscribed(
-                sub.id,
-                schema=sub.schema,
-                table=sub.table,
-                snapshot_rows=rows_sent,
-                position=str(position),
-            )
-        )
+        conn.send(protocol.subscribed(sub.id, **fields))
 
-    async def _replay(
-        self, conn: ClientTransport, sub: Subscription, since: int
-    ) -> tuple[set[int], Horizon | None]:
-        replayed: set[int] = set()
+    async def _catch_up(
+        self,
+        conn: ClientTransport,
+        sub: Subscription,
+        items: AsyncIterator[TableRows | list[ChangeEvent] | Replay | Horizon],
+        keep: frozenset[str],
+    ) -> dict[str, Any]:
+        """Send a replay or snapshot to a catching-up subscription, then make it live.
+
+        Pages are paced by the socket (no outbox overflow for a big replay); live
+        changes buffered meanwhile are sent last, only if the replay did not send them
+        and they are after its horizon (see Horizon). Returns fields for `subscribed`.
+        """
+        sent: set[int] = set()
         horizon: Horizon | None = None
-        async with self._pool.acquire() as db:
-            async for page in replay(
-                db,
-                since=since,
-                schema=sub.schema,
-                table=sub.table,
-                events=sorted(sub.events),
-                timeout=self.settings.probe_interval * 4,
-            ):
-                if isinstance(page, Horizon):
-                    horizon = page
-                    continue
-                if isinstance(page, Replay):
-                    conn.send(protocol.resync(sub.id, page.reason))
-                    continue
-                for change in page:
+        rows_sent = part = 0
+        async for item in items:
+            if isinstance(item, Horizon):
+                horizon = horizon or item
+                continue
+            if isinstance(item, Replay):
+                conn.send(protocol.resync(sub.id, item.reason))
+                continue
+            if isinstance(item, TableRows):
+                horizon = item.horizon
+                rows = _select_rows(item.rows, sub, keep)
+                rows_sent += len(rows)
+                position = item.horizon.encode()
+                conn.send(
+                    protocol.snapshot_chunk(
+                        sub.id, rows, part=part, done=item.done, position=position
+                    )
+                )
+                part += 1
+            else:
+                for change in item:
                     if sub.wants(change):
                         conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
-                        replayed.add(change.id)
+                        sent.add(change.id)
                 conn.flush()
-                await conn.drained()
-        self.deliveries_out += len(replayed)
-        return replayed, horizon
+            await conn.drained()
+        for change in sub.finish_catch_up(sent, horizon.is_after if horizon else None):
+            conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
+        conn.flush()
+        self.deliveries_out += len(sent)
+        if part:
+            assert horizon is not None
+            return {"snapshot_rows": rows_sent, "position": horizon.encode()}
+        return {"replayed": len(sent)}
 
     async def _subscribe_channel(self, client: Client, request: Subscribe) -> None:
         channel = request.channel

@@ -176,7 +176,7 @@ async def test_changes_arrive_as_events_with_ids(
             "table": "orders",
         }
         # Resumable before the first change: the position a welcome would carry.
-        assert subscribed.id == str(gateway.listener.cursor.last_id)
+        assert subscribed.id == gateway.position()
         assert gateway.health()["clients"] == 1 and gateway.hub.subscription_count() == 1
         await orders.execute("INSERT INTO orders (status, amount) VALUES ('new', 1)")
         await orders.execute("UPDATE orders SET status = 'paid\nline two' WHERE id = 1")

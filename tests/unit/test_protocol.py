@@ -123,12 +123,32 @@ def test_decoder_raises_only_protocol_errors_on_structured_junk(message: dict[st
 
 
 def test_server_messages_encode_as_documented() -> None:
-    assert orjson.loads(protocol.welcome("pgcast/x", 7)) == {
+    assert orjson.loads(protocol.welcome("pgcast/x", "7:9:")) == {
         "type": "welcome",
         "version": 1,
         "server": "pgcast/x",
-        "position": "7",
+        "position": "7:9:",
     }
+
+
+def test_since_accepts_change_ids_and_exact_positions() -> None:
+    from pgcast.events import Horizon
+
+    def since(value: object) -> object:
+        message = decode_client_message(
+            json.dumps({"type": "subscribe", "id": "a", "table": "t", "since": value})
+        )
+        assert isinstance(message, Subscribe)
+        return message.since
+
+    assert since("1042") == 1042
+    assert since("1041:88233:88230,88231") == Horizon(1041, frozenset({88230, 88231}), 88233)
+    assert since("7:9:") == Horizon(7, frozenset(), 9)
+    horizon = Horizon(5, frozenset({3, 4}), 6)
+    assert Horizon.parse(horizon.encode()) == horizon
+    for bad in ("1:2", "1:2:3:4", "a:b:", "1:2:,", "1:2:3,", "-1:2:"):
+        with pytest.raises(ProtocolError):
+            since(bad)
     assert orjson.loads(protocol.error("bad_filter", "nope", "s1")) == {
         "type": "error",
         "id": "s1",

@@ -63,7 +63,7 @@ _SNAPSHOT_DONE = b',"done":true,"position":"'
 class StreamApplication(Protocol):
     """What an SSE stream needs from the gateway."""
 
-    def opened_stream(self, conn: SseConnection, subscribe: dict[str, Any]) -> int | None:
+    def opened_stream(self, conn: SseConnection, subscribe: dict[str, Any]) -> str | None:
         """Register ``conn`` and start its ``subscribe`` message; return the log position a
         ``welcome`` would carry (None until the gateway has read the log)."""
 
@@ -121,7 +121,7 @@ def _snapshot_done_position(payload: bytes) -> bytes | None:
     if at < 0:
         return None
     position = payload[at + len(_SNAPSHOT_DONE) : -2]
-    return position if position.isdigit() else None
+    return position if position and all(c in b"0123456789:," for c in position) else None
 
 
 class SseConnection(asyncio.Protocol):
