@@ -35,6 +35,16 @@ from .identifiers import quote_ident
 
 PAGE_SIZE = 5000
 
+# Everything a query can raise when the database or the link to it fails (as opposed
+# to a bug): callers retry, reconnect or answer `unavailable`.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # e.g. a protocol state error on a connection cut mid-query
+)
+
 _SELECT = """
 SELECT id, txid::text::bigint AS txid, schema_name, table_name, op,
        record::text AS record, old_record::text AS old_record, changed,

@@ -23,13 +23,21 @@ from typing import Any
 import asyncpg
 
 from .backoff import backoff
-from .changelog import LogCursor, read_new, start_cursor
+from .changelog import DATABASE_ERRORS, PAGE_SIZE, LogCursor, read_new, start_cursor
 from .events import ChangeEvent
 
 logger = logging.getLogger("pgcast.listener")
 
 CHANNEL = "pgcast"
-_RETRYABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+PAGE_BYTES = 4 * 1024 * 1024  # target size of one page of changes read from the log
+FIRST_PAGE_SIZE = 100
+
+
+class ConnectionLost(Exception):
+    """The LISTEN connection was terminated."""
+
+
+_RETRYABLE: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, ConnectionLost)
 
 
 class ListenerState(enum.Enum):
@@ -37,10 +45,6 @@ class ListenerState(enum.Enum):
     LISTENING = "listening"
     RECONNECTING = "reconnecting"
     STOPPED = "stopped"
-
-
-class ConnectionLost(Exception):
-    """The LISTEN connection was terminated."""
 
 
 class Listener:
@@ -65,6 +69,9 @@ class Listener:
         self.probe_timeout = probe_timeout
         self._backoff_factory = backoff_factory
         self.cursor = LogCursor()
+        # Small until the row size is known: a page of 5,000 one-megabyte rows would
+        # be one 5 GB write to every subscriber.
+        self._page_size = FIRST_PAGE_SIZE
         self.state = ListenerState.CONNECTING
         self.reconnects = 0
         self.last_error: str | None = None
@@ -146,7 +153,7 @@ class Listener:
                 await self._connect_and_serve()
             except asyncio.CancelledError:
                 raise
-            except (*_RETRYABLE, ConnectionLost) as exc:
+            except _RETRYABLE as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("LISTEN connection lost (%s); reconnecting", self.last_error)
             except Exception:
@@ -189,7 +196,10 @@ class Listener:
             await self._sync_channels(conn)
             more = True
             while more:
-                read = await read_new(conn, self.cursor, timeout=self.probe_timeout)
+                read = await read_new(
+                    conn, self.cursor, timeout=self.probe_timeout, page_size=self._page_size
+                )
+                self._adapt_page_size(read.changes)
                 more = read.more
                 if read.gap_through is not None:
                     logger.error(
@@ -209,6 +219,15 @@ class Listener:
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
             self._wake.clear()
+
+    def _adapt_page_size(self, changes: list[ChangeEvent]) -> None:
+        """Size the next page to about PAGE_BYTES of row images (big rows, small pages):
+        a page is dispatched, and written to each subscriber, in one go."""
+        if not changes:
+            return
+        size = sum(len(c.record_json or "") + len(c.old_record_json or "") for c in changes)
+        average = max(1, size // len(changes))
+        self._page_size = max(1, min(PAGE_SIZE, PAGE_BYTES // average))
 
     def _dispatch(self, page: list[ChangeEvent]) -> None:
         try:

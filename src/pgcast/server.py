@@ -26,7 +26,7 @@ from websockets.http11 import Response
 
 from . import __version__, protocol
 from .capture.installer import prune
-from .changelog import Replay, TableRows, replay, snapshot
+from .changelog import DATABASE_ERRORS, Replay, TableRows, replay, snapshot
 from .config import Settings
 from .events import ChangeEvent, Horizon
 from .exceptions import DatabaseUnavailable, ProtocolError
@@ -183,7 +183,7 @@ class Gateway:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=4, command_timeout=60
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except DATABASE_ERRORS as exc:
             raise DatabaseUnavailable(
                 f"cannot connect to PostgreSQL: {exc}",
                 hint="check --database-url / PGCAST_DATABASE_URL / DATABASE_URL",
@@ -270,7 +270,7 @@ class Gateway:
                                 removed,
                                 self.settings.retention,
                             )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except DATABASE_ERRORS as exc:
                 logger.warning("change log housekeeping failed: %s", exc)
             await asyncio.sleep(STATS_EVERY)
 
@@ -442,7 +442,6 @@ class Gateway:
     def opened_stream(self, conn: ClientTransport, subscribe: dict[str, Any]) -> str | None:
         """An SSE stream: no welcome, one subscription (``subscribe``, handled like a
         WebSocket message). Returns the position a welcome would carry."""
-        cursor = self.listener.cursor
         self.clients[conn] = Client(conn, Session(conn, max_subscriptions=1))
         self.received(conn, orjson.dumps(subscribe).decode())
         return self.position()
@@ -521,7 +520,7 @@ class Gateway:
         assert request.table is not None and self._catalog is not None
         try:
             info = await self._catalog.resolve(request.schema, request.table)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"database unavailable: {exc}") from None
         request.filter.check_columns(info.columns, info.name)
         if request.columns is not None and not request.columns <= info.columns:
@@ -559,7 +558,7 @@ class Gateway:
                         timeout=timeout,
                     )
                 fields |= await self._catch_up(conn, sub, items, keep)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except DATABASE_ERRORS as exc:
             client.session.close_subscription(sub.id)
             self._forget(sub)
             raise ProtocolError(

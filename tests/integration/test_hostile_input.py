@@ -175,3 +175,32 @@ async def test_http_paths_other_than_ws_and_health(
         assert answer.startswith(b"HTTP/1.1 400")  # a clear refusal, then the socket closes
         writer.close()
         assert gateway.health()["status"] == "ok"
+
+
+async def test_one_huge_batch_to_a_stalled_client_does_not_pile_up_in_memory(
+    database_url: str, orders: asyncpg.Connection
+) -> None:
+    """The outbox limit holds even when a single batch is larger than the socket can take."""
+    async with running_gateway(database_url) as gateway, ws_client(gateway) as healthy:
+        await healthy.subscribe("s", table="orders")
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        payload = b'{"type":"subscribe","id":"slow","table":"orders"}'
+        mask = b"\x01\x02\x03\x04"
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+        await asyncio.wait_for(reader.readuntil(b'"table":"orders"}'), TIMEOUT)
+        _, stalled = gateway.clients
+        # one statement: ~40 MB of changes, read by the gateway in 5,000-row batches
+        await orders.execute(
+            "INSERT INTO orders (status) SELECT repeat('x', 20000) FROM generate_series(1, 2000)"
+        )
+        await healthy.changes(2000, timeout=60)
+        async with asyncio.timeout(TIMEOUT):
+            while stalled.transport is not None and not stalled.transport.is_closing():
+                await asyncio.sleep(0.01)  # poll: the gateway cuts the stalled socket
+        assert gateway.overflows >= 1
+        writer.close()

@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import asyncpg
 import orjson
+
+from ..changelog import DATABASE_ERRORS
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -88,7 +89,7 @@ async def handle(pool: Any, method: str, path: str, body: bytes) -> Reply | None
         return None
     except ApiError as exc:
         return exc.status, {"error": exc.message}
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         return 503, {"error": f"database unavailable: {exc}"}
 
 

@@ -34,10 +34,12 @@ from ..exceptions import ProtocolError
 from ..protocol import CloseCode, ErrorCode
 from .websocket import (
     CLOSE_TIMEOUT,
+    MAX_BUFFERED_BYTES,
     WRITE_HIGH_WATER,
     Application,
     WebSocketConnection,
     http_response,
+    outbox_bytes,
 )
 
 logger = logging.getLogger("pgcast.transport")
@@ -276,7 +278,10 @@ class SseConnection(asyncio.Protocol):
             self._outbox_frames = 0
             return
         if self._paused:
-            if self._outbox_frames > self.outbox_limit:
+            if (
+                self._outbox_frames > self.outbox_limit
+                or outbox_bytes(self._outbox) > MAX_BUFFERED_BYTES
+            ):
                 self._outbox.clear()
                 self._outbox_frames = 0
                 self.app.overflowed(self)

@@ -32,6 +32,15 @@ from .http import HttpError, HttpRequest, head_complete, parse_head
 logger = logging.getLogger("pgcast.transport")
 
 WRITE_HIGH_WATER = 256 * 1024
+# Bytes a paused connection may hold in its outbox besides the frame limit: a few
+# hundred changes of large rows are already a lot of memory.
+MAX_BUFFERED_BYTES = 32 * 1024 * 1024
+
+
+def outbox_bytes(outbox: list[bytes]) -> int:
+    return sum(len(piece) for piece in outbox)
+
+
 CLOSE_TIMEOUT = 5.0
 
 
@@ -184,7 +193,10 @@ class WebSocketConnection(asyncio.Protocol):
             self._outbox_frames = 0
             return
         if self._paused:
-            if self._outbox_frames > self.outbox_limit:
+            if (
+                self._outbox_frames > self.outbox_limit
+                or outbox_bytes(self._outbox) > MAX_BUFFERED_BYTES
+            ):
                 from ..protocol import CloseCode
 
                 self._outbox.clear()
