@@ -338,6 +338,31 @@ async def test_subscribe_error_raises_and_is_not_retried(gateway: FakeGateway) -
         assert client.status == "live"
 
 
+async def test_unavailable_is_retried_with_the_same_since_until_accepted(
+    gateway: FakeGateway,
+) -> None:
+    """`unavailable` means the gateway cannot reach PostgreSQL yet: not a refusal."""
+    answers = ["unavailable", "unavailable", "accept"]
+
+    async def flaky(conn: FakeConnection, message: dict[str, Any]) -> None:
+        if answers.pop(0) == "unavailable":
+            await conn.send(
+                {"type": "error", "id": message["id"], "code": "unavailable", "message": "db down"}
+            )
+        else:
+            await accept(conn, message)
+            await conn.send(change(message["id"], "1050"))
+
+    gateway.on_subscribe = flaky
+    async with connect(gateway.url, **FAST) as client:
+        async with client.subscribe("orders", since="1042") as sub:
+            assert (await next_frame(sub))["id"] == "1050"
+        conn = await gateway.next_connection()
+        sinces = [(await conn.expect("subscribe")).get("since") for _ in range(3)]
+        assert sinces == ["1042", "1042", "1042"]
+        assert answers == []
+
+
 @pytest.mark.parametrize("code", [4500, 4501, 4502, 4503])
 async def test_do_not_reconnect_close_fails_subscriptions_and_stops(
     gateway: FakeGateway, code: int

@@ -193,6 +193,7 @@ class Subscription:
         self.wire_id: str | None = None
         self._attempt = 0
         self._seen = RecentIds(dedupe_window)
+        self._retry_delays: Iterator[float] | None = None  # while the gateway says unavailable
         self._buffer: deque[dict[str, Any]] = deque()
         self._queue_size = queue_size
         self._wakeup = asyncio.Event()
@@ -263,6 +264,7 @@ class Subscription:
         return subscribe_frame(wire_id, **self._request, since=since)
 
     def _accept(self) -> None:
+        self._retry_delays = None
         if self.state is SubscriptionState.PENDING:
             self.state = SubscriptionState.LIVE
         self._accepted.set()
@@ -382,6 +384,7 @@ class Client:
         self._started = False
         self._closing = False
         self._run_task: asyncio.Task[None] | None = None
+        self._retries: set[asyncio.Task[None]] = set()  # subscribes answered `unavailable`
         self._ws: ClientConnection | None = None
         self._activity = asyncio.Event()
         self._subs: dict[str, Subscription] = {}
@@ -461,6 +464,8 @@ class Client:
             with contextlib.suppress(Exception):
                 await ws.close()
         task, self._run_task = self._run_task, None
+        for retry in list(self._retries):
+            retry.cancel()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -753,8 +758,23 @@ class Client:
         if sub is None:
             logger.warning("gateway error %s: %s", code, message)
             return
+        if code == "unavailable" and not self._closing:
+            # The gateway cannot reach PostgreSQL right now: not a refusal. Retry the
+            # subscribe (same since) with backoff; it is live again once accepted.
+            if sub._retry_delays is None:
+                sub._retry_delays = self._backoff_factory()
+            delay = next(sub._retry_delays)
+            logger.warning("%s: %s; retrying in %.1fs", sub.target, message, delay)
+            task = asyncio.create_task(self._retry_subscribe(sub, delay))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+            return
         self._subs.pop(sub.id, None)
         sub._fail(SubscriptionRefused(code, message, target=sub.target))
+
+    async def _retry_subscribe(self, sub: Subscription, delay: float) -> None:
+        await asyncio.sleep(delay)  # backoff before asking a recovering gateway again
+        await self._resubscribe(sub)
 
 
 def _decode(raw: str | bytes) -> dict[str, Any] | None:
