@@ -17,6 +17,13 @@ import orjson
 
 OPS = frozenset({"INSERT", "UPDATE", "DELETE", "TRUNCATE"})
 
+# How a subscriber may see a change (see hub.Subscription.view). Row rules bound to a
+# token can admit only one side of an UPDATE: a row moving into the subscriber's
+# tenant is shown as an INSERT of the new row, one moving out as a DELETE of the old
+# row, so no subscriber ever receives a row image its rule does not allow.
+HIDDEN, FULL, AS_INSERT, AS_DELETE = 0, 1, 2, 3
+View = int
+
 Row = dict[str, Any]
 
 
@@ -72,7 +79,7 @@ class ChangeEvent:
         self.committed_at = committed_at
         self._record: Row | None = None
         self._old_record: Row | None = None
-        self._bodies: dict[frozenset[str] | None, bytes] = {}
+        self._bodies: dict[tuple[frozenset[str] | None, View], bytes] = {}
 
     @classmethod
     def from_dicts(
@@ -115,27 +122,32 @@ class ChangeEvent:
             self._old_record = _loads(self.old_record_json)
         return self._old_record
 
-    def body(self, columns: frozenset[str] | None = None) -> bytes:
-        """The encoded event after the ``sub`` field: ``"id":...}``, cached per projection.
-
-        Concatenate ``subscription_prefix(sub) + body`` to get a complete message.
+    def body(self, columns: frozenset[str] | None = None, view: View = FULL) -> bytes:
+        """The encoded event after the ``sub`` field: ``"id":...}``, cached per projection
+        and view. Concatenate ``subscription_prefix(sub) + body`` for a whole message.
         """
-        cached = self._bodies.get(columns)
+        key = (columns, view)
+        cached = self._bodies.get(key)
         if cached is not None:
             return cached
+        op, changed = self.op, self.changed
         if columns is None:
             record = self.record_json or "null"
             old_record = self.old_record_json or "null"
         else:
             record = _project(self.record, columns)
             old_record = _project(self.old_record, columns)
-        changed = orjson.dumps(self.changed).decode()
+        if view == AS_INSERT:
+            op, old_record, changed = "INSERT", "null", None
+        elif view == AS_DELETE:
+            op, record, changed = "DELETE", "null", None
         encoded = (
             f'"id":"{self.id}","schema":{_str(self.schema)},"table":{_str(self.table)},'
-            f'"op":"{self.op}","record":{record},"old_record":{old_record},'
-            f'"changed":{changed},"txid":"{self.txid}","committed_at":"{self.committed_at}"}}'
+            f'"op":"{op}","record":{record},"old_record":{old_record},'
+            f'"changed":{orjson.dumps(changed).decode()},"txid":"{self.txid}",'
+            f'"committed_at":"{self.committed_at}"}}'
         ).encode()
-        self._bodies[columns] = encoded
+        self._bodies[key] = encoded
         return encoded
 
     def to_message(self, sub: str, columns: frozenset[str] | None = None) -> dict[str, Any]:

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .events import ChangeEvent, Row, subscription_prefix
+from .events import AS_DELETE, AS_INSERT, FULL, HIDDEN, ChangeEvent, Row, View, subscription_prefix
 from .filters import MATCH_ALL, Filter, value_key
+
+if TYPE_CHECKING:
+    from .auth import RowRule
 from .protocol import channel_message_prefix
 
 TableKey = tuple[str, str]
@@ -43,6 +46,7 @@ class Subscription:
         "index_column",
         "owner",
         "prefix",
+        "rule",
         "schema",
         "state",
         "table",
@@ -59,8 +63,10 @@ class Subscription:
         events: frozenset[str] = frozenset(),
         filter: Filter = MATCH_ALL,
         columns: frozenset[str] | None = None,
+        rule: RowRule | None = None,
     ) -> None:
         self.id = id
+        self.rule = rule
         self.owner = owner
         self.schema = schema
         self.table = table
@@ -108,17 +114,48 @@ class Subscription:
                 f"subscription {self.id!r} is {self.state.value}, expected {state.value}"
             )
 
+    def view(self, change: ChangeEvent) -> View:
+        """How this subscription sees ``change``: HIDDEN, FULL, AS_INSERT or AS_DELETE.
+
+        The filter selects (UPDATE: on the new or the old row); the row rule (a
+        token's authorization, when there is one) decides which row images may be
+        shown at all.
+        """
+        op = change.op
+        if op not in self.events:
+            return HIDDEN
+        if op == "TRUNCATE":
+            return FULL
+        rule, conditions = self.rule, self.filter.conditions
+        if rule is None:
+            if not conditions:
+                return FULL
+            if op == "INSERT":
+                return FULL if self.filter.matches(change.record) else HIDDEN
+            if op == "DELETE":
+                return FULL if self.filter.matches(change.old_record) else HIDDEN
+            matched = self.filter.matches(change.record) or self.filter.matches(change.old_record)
+            return FULL if matched else HIDDEN
+        record, old_record = change.record, change.old_record
+        record_visible = record is not None and rule.matches(record)
+        old_visible = old_record is not None and rule.matches(old_record)
+        record_selected = record_visible and (not conditions or self.filter.matches(record))
+        old_selected = old_visible and (not conditions or self.filter.matches(old_record))
+        if op == "INSERT":
+            return FULL if record_selected else HIDDEN
+        if op == "DELETE":
+            return FULL if old_selected else HIDDEN
+        if record_visible and old_visible:
+            return FULL if record_selected or old_selected else HIDDEN
+        if record_selected:
+            return AS_INSERT  # the row came into view
+        if old_selected:
+            return AS_DELETE  # the row left view
+        return HIDDEN
+
     def wants(self, change: ChangeEvent) -> bool:
-        """Whether this subscription's events and filter select ``change``."""
-        if change.op not in self.events:
-            return False
-        if not self.filter.conditions or change.op == "TRUNCATE":
-            return True
-        if change.op == "INSERT":
-            return self.filter.matches(change.record)
-        if change.op == "DELETE":
-            return self.filter.matches(change.old_record)
-        return self.filter.matches(change.record) or self.filter.matches(change.old_record)
+        """Whether this subscription receives ``change`` at all (replays, snapshots)."""
+        return self.view(change) != HIDDEN
 
     def __repr__(self) -> str:
         target = self.channel or f"{self.schema}.{self.table}"
@@ -179,8 +216,8 @@ class Hub:
         if not index.everything:
             del self._tables[key]
 
-    def match(self, change: ChangeEvent) -> list[Subscription]:
-        """The subscriptions that must receive ``change``."""
+    def match(self, change: ChangeEvent) -> list[tuple[Subscription, View]]:
+        """The subscriptions that must receive ``change``, each with how it sees it."""
         index = self._tables.get((change.schema, change.table))
         if index is None:
             return []
@@ -196,7 +233,12 @@ class Hub:
                         if bucket:
                             found |= bucket
             candidates = found
-        return [sub for sub in candidates if sub.wants(change)]
+        routed = []
+        for sub in candidates:
+            view = sub.view(change)
+            if view:
+                routed.append((sub, view))
+        return routed
 
     def tables(self) -> Iterator[TableKey]:
         return iter(self._tables)

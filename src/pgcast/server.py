@@ -356,12 +356,12 @@ class Gateway:
         match = self.hub.match
         deliveries = 0
         for change in changes:
-            for sub in match(change):
+            for sub, view in match(change):
                 if sub.buffer is not None:
                     sub.buffer.append(change)
                     continue
                 conn: ClientTransport = sub.owner
-                conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
+                conn.queue_change(sub.prefix, change.body(sub.columns, view), change.id)
                 touched.add(conn)
                 deliveries += 1
         for conn in touched:
@@ -602,13 +602,14 @@ class Gateway:
                 part += 1
             else:
                 for change in item:
-                    if sub.wants(change):
-                        conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
+                    view = sub.view(change)
+                    if view:
+                        conn.queue_change(sub.prefix, change.body(sub.columns, view), change.id)
                         sent.add(change.id)
                 conn.flush()
             await conn.drained()
         for change in sub.finish_catch_up(sent, horizon.is_after if horizon else None):
-            conn.queue_change(sub.prefix, change.body(sub.columns), change.id)
+            conn.queue_change(sub.prefix, change.body(sub.columns, sub.view(change)), change.id)
         conn.flush()
         self.deliveries_out += len(sent)
         if part:

@@ -30,8 +30,8 @@ def change(
     )
 
 
-def ids(subs: list[Subscription]) -> set[str]:
-    return {s.id for s in subs}
+def ids(routed: list[tuple[Subscription, int]]) -> set[str]:
+    return {s.id for s, _ in routed}
 
 
 def test_routes_by_table_filter_and_event() -> None:
@@ -196,3 +196,33 @@ def test_indexed_match_equals_brute_force(
     c = change(op, None if op == "DELETE" else new, None if op == "INSERT" else old)
     expected = {s.id for s in subs if s.wants(c)}
     assert ids(hub.match(c)) == expected
+
+
+class TenantRule:
+    """A stand-in for auth.RowRule: rows of one tenant."""
+
+    def __init__(self, tenant: int) -> None:
+        self.tenant = tenant
+
+    def matches(self, row: dict[str, object] | None) -> bool:
+        return row is not None and row.get("tenant") == self.tenant
+
+
+def test_row_rules_never_show_another_tenants_row_image() -> None:
+    from pgcast.events import AS_DELETE, AS_INSERT, FULL
+
+    sub = Subscription("a", None, schema="public", table="orders", events=OPS, rule=TenantRule(1))  # type: ignore[arg-type]
+    moved_in = change("UPDATE", {"id": 7, "tenant": 1}, {"id": 7, "tenant": 2})
+    moved_out = change("UPDATE", {"id": 7, "tenant": 2}, {"id": 7, "tenant": 1})
+    stays = change("UPDATE", {"id": 7, "tenant": 1, "v": 2}, {"id": 7, "tenant": 1, "v": 1})
+    elsewhere = change("UPDATE", {"id": 7, "tenant": 2}, {"id": 7, "tenant": 3})
+    assert sub.view(moved_in) == AS_INSERT
+    assert sub.view(moved_out) == AS_DELETE
+    assert sub.view(stays) == FULL
+    assert sub.view(elsewhere) == 0
+    shown_in = orjson.loads(b"{" + moved_in.body(None, AS_INSERT))
+    assert shown_in["op"] == "INSERT" and shown_in["old_record"] is None
+    assert shown_in["record"] == {"id": 7, "tenant": 1} and shown_in["changed"] is None
+    shown_out = orjson.loads(b"{" + moved_out.body(None, AS_DELETE))
+    assert shown_out["op"] == "DELETE" and shown_out["record"] is None
+    assert shown_out["old_record"] == {"id": 7, "tenant": 1}
