@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -52,6 +52,10 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     NOT_SUPPORTED = "not_supported"
     UNAVAILABLE = "unavailable"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,16 +84,24 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
-class Unsupported:
-    """A known message type this gateway does not serve (yet), e.g. ``publish``."""
+class Publish:
+    """NOTIFY ``payload`` on raw channel ``channel`` (if the token may)."""
 
-    type: str
-    id: str | None
+    id: str
+    channel: str
+    payload: str
 
 
-ClientMessage = Subscribe | Unsubscribe | Ping | Unsupported
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Authenticate (first message) or swap in a fresh token on a live connection."""
 
-_KNOWN_UNSUPPORTED = frozenset({"publish", "auth"})
+    token: str = field(repr=False)
+
+
+ClientMessage = Subscribe | Unsubscribe | Ping | Publish | Auth
+
+MAX_TOKEN_LENGTH = 16 * 1024
 
 
 def decode_client_message(data: str | bytes) -> ClientMessage:
@@ -117,9 +129,23 @@ def _decode(message: dict[str, Any]) -> ClientMessage:
         return Unsubscribe(_id(message))
     if kind == "ping":
         return Ping(message.get("data"))
-    if kind in _KNOWN_UNSUPPORTED:
-        raw_id = message.get("id")
-        return Unsupported(str(kind), raw_id if isinstance(raw_id, str) else None)
+    if kind == "publish":
+        channel, payload = message.get("channel"), message.get("payload")
+        if not isinstance(channel, str) or not CHANNEL_NAME.fullmatch(channel):
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                "'channel' must be letters, digits and underscores (at most 63)",
+            )
+        if not isinstance(payload, str):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "'payload' must be a string")
+        return Publish(_id(message), channel, payload)
+    if kind == "auth":
+        token = message.get("token")
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED, "'token' must be a non-empty string (a JWT)"
+            )
+        return Auth(token)
     raise ProtocolError(
         ErrorCode.UNKNOWN_TYPE,
         f"unknown message type {kind!r}",

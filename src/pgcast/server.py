@@ -10,6 +10,7 @@ per connection, by a short-lived worker task (none exists while a client is idle
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -22,14 +23,16 @@ from typing import Any
 
 import asyncpg
 import orjson
-from websockets.http11 import Response
+from websockets.http11 import Request, Response
 
 from . import __version__, protocol
+from .auth import ANONYMOUS, AuthConfig, AuthError, Identity, extract_token
 from .capture.installer import prune
 from .changelog import DATABASE_ERRORS, Replay, TableRows, replay, snapshot
 from .config import Settings
 from .events import ChangeEvent, Horizon
 from .exceptions import DatabaseUnavailable, ProtocolError
+from .filters import Filter
 from .hub import Hub, Subscription
 from .listener import Listener, ListenerState
 from .metrics import Registry
@@ -37,6 +40,7 @@ from .protocol import CloseCode, ErrorCode, Subscribe, Unsubscribe
 from .session import Session
 from .transports import ClientTransport
 from .transports.http import HttpRequest
+from .transports.sse import SUB_ID as SSE_SUB_ID
 from .transports.sse import HttpConnection
 from .transports.websocket import WebSocketConnection, http_response
 
@@ -44,6 +48,7 @@ logger = logging.getLogger("pgcast.server")
 
 SERVER_NAME = f"pgcast/{__version__}"
 INBOX_LIMIT = 64  # unprocessed client messages before we stop reading that socket
+AUTH_TIMEOUT = 10.0  # seconds a connection without a token has to send `auth`
 PRUNE_EVERY = 600.0
 STATS_EVERY = 15.0
 # Estimates, not count(*): cheap on a log of any size.
@@ -129,13 +134,17 @@ class Catalog:
 class Client:
     """Gateway-side state of one client (WebSocket connection or SSE stream)."""
 
-    __slots__ = ("conn", "inbox", "session", "worker")
+    __slots__ = ("conn", "inbox", "ip", "session", "subject", "timer", "worker")
 
-    def __init__(self, conn: ClientTransport, session: Session) -> None:
+    def __init__(self, conn: ClientTransport, session: Session, ip: str) -> None:
         self.conn = conn
         self.session = session
+        self.ip = ip
+        self.subject: str | None = None  # counted against the per-subject limit
         self.inbox: deque[str | bytes] = deque()
         self.worker: asyncio.Task[None] | None = None
+        # Closes the connection when its token expires (or if it never authenticates).
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class Gateway:
@@ -147,12 +156,17 @@ class Gateway:
         dsn: str,
         *,
         routes: Callable[[HttpRequest], Awaitable[Response | None]] | None = None,
+        auth: AuthConfig | None = None,
     ) -> None:
         """``routes`` answers plain HTTP requests the gateway does not (an embedding app's
         own pages and API); it returns None for paths it does not serve."""
         self.settings = settings
         self.dsn = dsn
         self.routes = routes
+        self.auth = auth if auth is not None else AuthConfig()
+        self._admitted: dict[ClientTransport, Identity | None] = {}
+        self._per_subject: collections.Counter[str] = collections.Counter()
+        self._per_ip: collections.Counter[str] = collections.Counter()
         self.hub = Hub()
         self.clients: dict[ClientTransport, Client] = {}
         self.listener = Listener(
@@ -423,9 +437,81 @@ class Gateway:
             return http_response(200, "OK", orjson.dumps(body), "application/json")
         return http_response(404, "Not Found", b'{"error":"not found"}', "application/json")
 
+    # admission and authentication ------------------------------------------------------
+
+    def admit(self, conn: ClientTransport, request: Request) -> Response | None:
+        """Vet a WebSocket upgrade: origin, token, connection limits. None admits it."""
+        limits = self.auth.limits
+        if not limits.origin_allowed(request.headers.get("Origin")):
+            return _refusal(403, "Forbidden", "forbidden", "this Origin may not connect")
+        ip = _ip(conn.peer)
+        if limits.max_connections_per_ip and self._per_ip[ip] >= limits.max_connections_per_ip:
+            return _refusal(429, "Too Many Requests", "rate_limited", "too many connections")
+        token = extract_token(request.path, request.headers.raw_items())
+        try:
+            identity = (
+                None if token is None and self.auth.required else self.auth.authenticate(token)
+            )
+        except AuthError as exc:
+            return _refusal(401, "Unauthorized", "unauthorized", str(exc))
+        if identity is not None and not self._subject_fits(identity):
+            return _refusal(429, "Too Many Requests", "rate_limited", "too many connections")
+        self._admitted[conn] = identity  # None: must send an auth message first
+        return None
+
+    def _subject_fits(self, identity: Identity) -> bool:
+        limit = self.auth.limits.max_connections_per_subject
+        return not (limit and identity.subject and self._per_subject[identity.subject] >= limit)
+
+    def _new_session(self, conn: ClientTransport, identity: Identity | None, subs: int) -> Client:
+        limits = self.auth.limits
+        session = Session(
+            conn,
+            max_subscriptions=subs,
+            subscribe_rate=limits.subscribe_rate,
+            publish_rate=limits.publish_rate,
+        )
+        client = Client(conn, session, _ip(conn.peer))
+        self.clients[conn] = client
+        self._per_ip[client.ip] += 1
+        if identity is None:
+            # Authenticate with a first `auth` message, or be closed.
+            client.timer = asyncio.get_running_loop().call_later(
+                AUTH_TIMEOUT, self._close_unauthenticated, client
+            )
+        else:
+            self._authenticated(client, identity)
+        return client
+
+    def _authenticated(self, client: Client, identity: Identity) -> None:
+        """Bind the grants of ``identity`` to ``client``; arm the expiry timer."""
+        session = client.session
+        session.identity = identity
+        session.grants = self.auth.rules.bind(identity)
+        if client.subject is None and identity.subject:
+            client.subject = identity.subject
+            self._per_subject[identity.subject] += 1
+        if client.timer is not None:
+            client.timer.cancel()
+            client.timer = None
+        if identity.expires_at is not None:
+            delay = identity.expires_at + self.auth.leeway - time.time()
+            client.timer = asyncio.get_running_loop().call_later(
+                max(0.0, delay), self._token_expired, client
+            )
+
+    def _close_unauthenticated(self, client: Client) -> None:
+        if not client.session.authenticated:
+            client.conn.close(CloseCode.UNAUTHORIZED, "no token: send an auth message first")
+
+    def _token_expired(self, client: Client) -> None:
+        client.conn.close(
+            CloseCode.TOKEN_EXPIRED, "token expired: get a new token, then reconnect and resume"
+        )
+
     def opened(self, conn: WebSocketConnection) -> None:
-        session = Session(conn, max_subscriptions=self.settings.max_subscriptions)
-        self.clients[conn] = Client(conn, session)
+        identity = self._admitted.pop(conn, None)
+        self._new_session(conn, identity, self.settings.max_subscriptions)
         conn.send(protocol.welcome(SERVER_NAME, self.position()))
 
     def position(self) -> str | None:
@@ -442,7 +528,23 @@ class Gateway:
     def opened_stream(self, conn: ClientTransport, subscribe: dict[str, Any]) -> str | None:
         """An SSE stream: no welcome, one subscription (``subscribe``, handled like a
         WebSocket message). Returns the position a welcome would carry."""
-        self.clients[conn] = Client(conn, Session(conn, max_subscriptions=1))
+        request = conn.request
+        assert request is not None
+        refusal = self.admit(conn, request)
+        identity = self._admitted.pop(conn, None)
+        client = self._new_session(conn, identity or ANONYMOUS, 1)
+        if refusal is not None or identity is None:
+            code = "unauthorized" if identity is None and refusal is None else None
+            error = orjson.loads(refusal.body) if refusal is not None else {}
+            client.session.identity = None
+            conn.send(
+                protocol.error(
+                    code or error.get("code", "unauthorized"),
+                    error.get("message", "this gateway requires a token (?token=...)"),
+                    SSE_SUB_ID,
+                )
+            )
+            return self.position()
         self.received(conn, orjson.dumps(subscribe).decode())
         return self.position()
 
@@ -459,9 +561,19 @@ class Gateway:
             )
 
     def closed(self, conn: ClientTransport) -> None:
+        self._admitted.pop(conn, None)
         client = self.clients.pop(conn, None)
         if client is None:
             return
+        if client.timer is not None:
+            client.timer.cancel()
+        self._per_ip[client.ip] -= 1
+        if self._per_ip[client.ip] <= 0:
+            del self._per_ip[client.ip]
+        if client.subject is not None:
+            self._per_subject[client.subject] -= 1
+            if self._per_subject[client.subject] <= 0:
+                del self._per_subject[client.subject]
         if not self.clients:
             self._all_closed.set()
         if client.worker is not None:
@@ -495,10 +607,22 @@ class Gateway:
                     ErrorCode.BAD_FRAME, "binary frames are not supported; send JSON text frames"
                 )
             message = protocol.decode_client_message(data)
+            if isinstance(message, protocol.Auth):
+                self._refresh_token(client, message.token)
+                return
             if isinstance(message, protocol.Ping):
                 conn.send(protocol.pong(message.data))
-            elif isinstance(message, Subscribe):
+                return
+            if not client.session.authenticated:
+                conn.send(protocol.error(ErrorCode.UNAUTHORIZED, "authenticate first", None))
+                conn.close(CloseCode.UNAUTHORIZED, "authenticate first: send an auth message")
+                return
+            if isinstance(message, Subscribe):
                 sub_id = message.id
+                if not client.session.subscribe_limit.allow():
+                    raise ProtocolError(
+                        ErrorCode.RATE_LIMITED, "too many subscribe messages; slow down"
+                    )
                 await self._subscribe(client, message)
             elif isinstance(message, Unsubscribe):
                 sub_id = message.id
@@ -506,11 +630,75 @@ class Gateway:
                 conn.send(protocol.unsubscribed(message.id))
             else:
                 sub_id = message.id
-                raise ProtocolError(
-                    ErrorCode.NOT_SUPPORTED, f"{message.type!r} is not enabled on this gateway"
-                )
+                await self._publish(client, message)
         except ProtocolError as exc:
             conn.send(protocol.error(exc.code, str(exc), sub_id or exc.sub_id))
+
+    def _refresh_token(self, client: Client, token: str) -> None:
+        """An `auth` message: authenticate, or swap in a fresh token for the same subject."""
+        conn, session = client.conn, client.session
+        try:
+            identity = self.auth.authenticate(token)
+        except AuthError as exc:
+            conn.send(protocol.error(ErrorCode.UNAUTHORIZED, str(exc), None))
+            conn.close(exc.close_code, exc.message[:120])
+            return
+        previous = session.identity
+        if previous is not None and previous.subject != identity.subject:
+            conn.close(CloseCode.UNAUTHORIZED, "a refreshed token must have the same subject")
+            return
+        if previous is None and not self._subject_fits(identity):
+            conn.close(CloseCode.FORBIDDEN, "too many connections for this subject")
+            return
+        self._authenticated(client, identity)
+        self._rebind(client)
+
+    def _rebind(self, client: Client) -> None:
+        """Re-apply the (possibly changed) grants to the client's open subscriptions."""
+        session = client.session
+        assert session.grants is not None
+        for sub in list(session.subscriptions.values()):
+            if sub.channel is not None:
+                allowed = session.grants.can_read_channel(sub.channel)
+            else:
+                rule = session.grants.table(sub.schema, sub.table)
+                allowed = rule is not None
+                if rule is not None:
+                    self.hub.remove(sub)
+                    sub.rule = None if rule.allows_all else rule
+                    self.hub.add(sub)
+            if not allowed:
+                self._forget(session.close_subscription(sub.id))
+                client.conn.send(
+                    protocol.error(
+                        ErrorCode.FORBIDDEN, "the refreshed token may not read this", sub.id
+                    )
+                )
+
+    async def _publish(self, client: Client, message: protocol.Publish) -> None:
+        session = client.session
+        assert session.grants is not None
+        if not session.publish_limit.allow():
+            raise ProtocolError(ErrorCode.RATE_LIMITED, "too many publish messages; slow down")
+        channel = message.channel
+        if (
+            channel == "pgcast"
+            or not self.settings.allows_channel(channel)
+            or not session.grants.can_publish(channel)
+        ):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN_CHANNEL, f"this token may not publish to {channel!r}"
+            )
+        size = len(message.payload.encode())
+        if size > self.auth.limits.max_publish_bytes:
+            raise ProtocolError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"payload is {size} bytes; at most {self.auth.limits.max_publish_bytes}",
+            )
+        try:
+            await self._pool.execute("SELECT pg_notify($1, $2)", channel, message.payload)
+        except DATABASE_ERRORS as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"could not publish: {exc}") from None
 
     async def _subscribe(self, client: Client, request: Subscribe) -> None:
         conn = client.conn
@@ -528,7 +716,26 @@ class Gateway:
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST, f"unknown columns for table {info.name!r}: {unknown}"
             )
-        sub = client.session.open(request, schema=info.schema, table=info.name)
+        grants = client.session.grants
+        assert grants is not None
+        rule = grants.table(info.schema, info.name)
+        if rule is None:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"this token may not read table {info.schema}.{info.name}"
+            )
+        filter_ = request.filter
+        if rule.allows_all:
+            rule = None
+        else:
+            # Prepend the rule's bound conditions (merchant_id = 7...), so the hub
+            # indexes the subscription on the tenant column; the rule still decides
+            # which row images may be shown (Subscription.view).
+            conditions = rule.conditions()
+            if conditions:
+                filter_ = Filter(conditions + request.filter.conditions)
+        sub = client.session.open(
+            request, schema=info.schema, table=info.name, filter=filter_, rule=rule
+        )
         fields: dict[str, Any] = {"schema": info.schema, "table": info.name}
         if not request.snapshot and request.since is None:
             self.hub.add(sub)
@@ -620,7 +827,9 @@ class Gateway:
     async def _subscribe_channel(self, client: Client, request: Subscribe) -> None:
         channel = request.channel
         assert channel is not None
-        if channel == "pgcast" or not self.settings.allows_channel(channel):
+        grants = client.session.grants
+        allowed = grants is not None and grants.can_read_channel(channel)
+        if channel == "pgcast" or not self.settings.allows_channel(channel) or not allowed:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN_CHANNEL,
                 f"channel {channel!r} is not allowed",
@@ -668,6 +877,17 @@ class Gateway:
         }
 
 
+def _ip(peer: str) -> str:
+    """The address part of ``host:port`` (also for ``[v6]:port``)."""
+    return peer.rsplit(":", 1)[0]
+
+
+def _refusal(status: int, reason: str, code: str, message: str) -> Response:
+    """An HTTP answer refusing a WebSocket upgrade, with a JSON error body."""
+    body = orjson.dumps({"type": "error", "code": code, "message": message})
+    return http_response(status, reason, body, "application/json")
+
+
 def _epoch(timestamp: str) -> float:
     """Seconds since the epoch of a change's ``committed_at`` (ISO 8601, UTC)."""
     try:
@@ -682,6 +902,8 @@ def _select_rows(rows: list[str], sub: Subscription, keep: frozenset[str]) -> li
     for text in rows:
         row = orjson.loads(text)
         if sub.filter.conditions and not sub.filter.matches(row):
+            continue
+        if sub.rule is not None and not sub.rule.matches(row):
             continue
         if len(keep) < len(row):
             row = {k: v for k, v in row.items() if k in keep}

@@ -7,11 +7,38 @@ or the hub. Wrong-state calls raise an error naming the expected state.
 from __future__ import annotations
 
 import enum
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .exceptions import ProtocolError
+from .filters import Filter
 from .hub import Subscription
 from .protocol import ErrorCode, Subscribe
+
+if TYPE_CHECKING:
+    from .auth import Grants, Identity, RowRule
+
+
+class RateLimit:
+    """A token bucket: ``rate`` events per second, bursts up to ``rate`` (0 = unlimited)."""
+
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.tokens = max(rate, 1.0)
+        self.stamp = clock()
+
+    def allow(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = self.clock()
+        self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class SessionState(enum.Enum):
@@ -22,14 +49,44 @@ class SessionState(enum.Enum):
 class Session:
     """The subscriptions of one client connection."""
 
-    def __init__(self, owner: Any, *, max_subscriptions: int) -> None:
+    def __init__(
+        self,
+        owner: Any,
+        *,
+        max_subscriptions: int,
+        identity: Identity | None = None,
+        grants: Grants | None = None,
+        subscribe_rate: float = 0.0,
+        publish_rate: float = 0.0,
+    ) -> None:
         self.owner = owner
         self.max_subscriptions = max_subscriptions
         self.state = SessionState.OPEN
         self.subscriptions: dict[str, Subscription] = {}
+        # None until the client authenticated (a first `auth` message, when required).
+        self.identity = identity
+        self.grants = grants
+        self.subscribe_limit = RateLimit(subscribe_rate)
+        self.publish_limit = RateLimit(publish_rate)
 
-    def open(self, request: Subscribe, *, schema: str = "", table: str = "") -> Subscription:
-        """Create the subscription ``request`` asks for, resolved to ``schema.table``."""
+    @property
+    def authenticated(self) -> bool:
+        return self.identity is not None
+
+    def open(
+        self,
+        request: Subscribe,
+        *,
+        schema: str = "",
+        table: str = "",
+        filter: Filter | None = None,
+        rule: RowRule | None = None,
+    ) -> Subscription:
+        """Create the subscription ``request`` asks for, resolved to ``schema.table``.
+
+        ``filter`` replaces the request's (the gateway prepends a row rule's conditions
+        so the hub indexes on the tenant column); ``rule`` is the token's row rule.
+        """
         self._expect_open()
         if request.id in self.subscriptions:
             raise ProtocolError(
@@ -49,8 +106,9 @@ class Session:
             table=table,
             channel=request.channel,
             events=request.events,
-            filter=request.filter,
+            filter=request.filter if filter is None else filter,
             columns=request.columns,
+            rule=rule,
         )
         self.subscriptions[request.id] = sub
         return sub

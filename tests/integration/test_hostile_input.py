@@ -37,7 +37,7 @@ HOSTILE_FRAMES = [
     ('{"type":"subscribe","id":"f","channel":"pgcast"}', "forbidden_channel", "f"),
     ('{"type":"subscribe","id":"g","channel":"secret_stuff"}', "forbidden_channel", "g"),
     ('{"type":"unsubscribe","id":"never"}', "unknown_subscription", "never"),
-    ('{"type":"publish","id":"p","channel":"x","payload":"y"}', "not_supported", "p"),
+    ('{"type":"publish","id":"p","channel":"x","payload":"y"}', "forbidden_channel", "p"),
 ]
 
 

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from pgcast import protocol
 from pgcast.events import OPS
 from pgcast.exceptions import ProtocolError
-from pgcast.protocol import Ping, Subscribe, Unsubscribe, Unsupported, decode_client_message
+from pgcast.protocol import (
+    Auth,
+    Ping,
+    Publish,
+    Subscribe,
+    Unsubscribe,
+    decode_client_message,
+)
 
 
 def test_subscribe_with_every_option_decodes() -> None:
@@ -43,7 +50,10 @@ def test_defaults_and_other_messages() -> None:
     assert isinstance(sub, Subscribe) and sub.events == OPS and sub.since is None
     assert decode_client_message('{"type":"unsubscribe","id":"a"}') == Unsubscribe("a")
     assert decode_client_message('{"type":"ping","data":1}') == Ping(1)
-    assert decode_client_message('{"type":"publish","id":"p"}') == Unsupported("publish", "p")
+    assert decode_client_message(
+        '{"type":"publish","id":"p","channel":"c","payload":"x"}'
+    ) == Publish("p", "c", "x")
+    assert decode_client_message('{"type":"auth","token":"t"}') == Auth("t")
     channel = decode_client_message(
         '{"type":"subscribe","id":"c","channel":"system_notifications"}'
     )
@@ -80,6 +90,11 @@ def test_defaults_and_other_messages() -> None:
         ('{"type":"subscribe","id":"a","channel":"x; LISTEN y"}', "bad_request"),
         ('{"type":"subscribe","id":"a","channel":"c","filter":"a=eq.1"}', "bad_request"),
         ('{"type":"unsubscribe"}', "bad_request"),
+        ('{"type":"publish","id":"p","channel":"a b","payload":"x"}', "bad_request"),
+        ('{"type":"publish","id":"p","channel":"c","payload":5}', "bad_request"),
+        ('{"type":"publish","channel":"c","payload":"x"}', "bad_request"),
+        ('{"type":"auth"}', "unauthorized"),
+        ('{"type":"auth","token":""}', "unauthorized"),
     ],
 )
 def test_malformed_frames_are_refused_with_a_code(frame: str, code: str) -> None:

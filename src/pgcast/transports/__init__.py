@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from websockets.http11 import Request
+
 
 class ClientTransport(Protocol):
     """What the gateway calls on a client connection, whatever carries it (WebSocket, SSE).
@@ -16,6 +18,10 @@ class ClientTransport(Protocol):
 
     peer: str
     transport: asyncio.Transport | None
+
+    @property
+    def request(self) -> Request | None:
+        """The HTTP request that opened the connection (headers, path with query)."""
 
     @property
     def is_open(self) -> bool: ...

@@ -55,6 +55,9 @@ _ERROR_STATUS: dict[str, tuple[int, str]] = {
     ErrorCode.UNKNOWN_TABLE: (404, "Not Found"),
     ErrorCode.FORBIDDEN_CHANNEL: (403, "Forbidden"),
     ErrorCode.UNAVAILABLE: (503, "Service Unavailable"),
+    ErrorCode.UNAUTHORIZED: (401, "Unauthorized"),
+    ErrorCode.FORBIDDEN: (403, "Forbidden"),
+    ErrorCode.RATE_LIMITED: (429, "Too Many Requests"),
 }
 _TYPE_PREFIX = b'{"type":"'
 _END = b"\n\n"

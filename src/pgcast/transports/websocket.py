@@ -50,6 +50,9 @@ class Application(Protocol):
     async def http(self, request: HttpRequest) -> Response:
         """The response to a plain HTTP request (anything but a WebSocket or SSE stream)."""
 
+    def admit(self, conn: WebSocketConnection, request: Request) -> Response | None:
+        """Vet an upgrade (origin, token, limits): None admits it, a Response refuses it."""
+
     def opened(self, conn: WebSocketConnection) -> None: ...
 
     def received(self, conn: WebSocketConnection, data: str | bytes) -> None:
@@ -285,6 +288,10 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _on_request(self, request: Request) -> None:
         self.request = request
+        refusal = self.app.admit(self, request)
+        if refusal is not None:
+            self.ws.send_response(refusal)
+            return
         response = self.ws.accept(request)
         self.ws.send_response(response)
         if response.status_code == 101:
