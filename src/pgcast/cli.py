@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8000)")
     serve.add_argument("--channels", help="allowed raw NOTIFY channel patterns, comma-separated")
+    serve.add_argument(
+        "--jwt-secret", help="HS256 secret tokens are signed with (or PGCAST_JWT_SECRET)"
+    )
+    serve.add_argument(
+        "--anonymous",
+        action="store_true",
+        help="let clients without a token in (their reads still follow the [rules])",
+    )
 
     track = commands.add_parser("track", help="capture changes of tables")
     _add_database_options(track)
@@ -281,7 +289,15 @@ async def cmd_prune(args: argparse.Namespace) -> int:
 async def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
+    from .auth import load_auth_config
+
     settings = _settings(args, host=args.host, port=args.port, channels=args.channels)
+    auth = load_auth_config(
+        {"jwt_secret": args.jwt_secret, "anonymous": True if args.anonymous else None},
+        config_file=args.config,
+    )
+    if warning := auth.warning():
+        logging.getLogger("pgcast.auth").warning(warning)
     dsn = await asyncio.to_thread(resolve_database_url, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -297,7 +313,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     try:
-        await serve(settings, dsn, stop=stop, on_ready=ready)
+        await serve(settings, dsn, stop=stop, on_ready=ready, auth=auth)
     except OSError as exc:  # binding --host/--port (database errors are PgcastErrors)
         raise PgcastError(
             f"cannot start the gateway: {exc}", hint="choose a free --port and a local --host"
