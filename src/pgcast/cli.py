@@ -287,9 +287,8 @@ async def cmd_prune(args: argparse.Namespace) -> int:
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
-
     from .auth import load_auth_config
+    from .server import serve
 
     settings = _settings(args, host=args.host, port=args.port, channels=args.channels)
     auth = load_auth_config(
