@@ -918,9 +918,10 @@ async def serve(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[Gateway], None] | None = None,
     auth: AuthConfig | None = None,
+    routes: Callable[[HttpRequest], Awaitable[Response | None]] | None = None,
 ) -> None:
     """Run a gateway until ``stop`` is set (or forever), then shut down cleanly."""
-    gateway = Gateway(settings, dsn, auth=auth)
+    gateway = Gateway(settings, dsn, auth=auth, routes=routes)
     try:
         await gateway.start()
         if on_ready is not None:

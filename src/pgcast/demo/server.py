@@ -4,7 +4,6 @@ API and the live page, all on one port."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import webbrowser
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,7 @@ from websockets.http11 import Response
 from ..capture.installer import track
 from ..config import Settings
 from ..identifiers import parse_table_name
-from ..server import Gateway
+from ..server import Gateway, serve
 from ..transports.http import HttpRequest
 from ..transports.websocket import http_response
 from . import api
@@ -82,9 +81,8 @@ async def run_demo(
     await prepare(dsn)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     settings = Settings(host=host, port=port, poll_interval=1.0)
-    gateway = Gateway(settings, dsn, routes=make_routes(pool))
-    try:
-        await gateway.start()
+
+    def ready(gateway: Gateway) -> None:
         url = f"http://{host}:{gateway.port}/"
         print(f"pgcast demo: open {url}", file=sys.stderr, flush=True)
         if psql:
@@ -99,8 +97,8 @@ async def run_demo(
             webbrowser.open(url)
         if on_ready is not None:
             on_ready(gateway)
-        await (stop.wait() if stop is not None else asyncio.Event().wait())
+
+    try:
+        await serve(settings, dsn, stop=stop, on_ready=ready, routes=make_routes(pool))
     finally:
-        with contextlib.suppress(Exception):
-            await gateway.stop()
         await pool.close()
