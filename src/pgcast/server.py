@@ -33,6 +33,7 @@ from .config import Settings
 from .events import ChangeEvent, Horizon
 from .exceptions import DatabaseUnavailable, ProtocolError
 from .filters import Filter
+from .hooks import ChangeHooks, HookFunction
 from .hub import Hub, Subscription
 from .listener import Listener, ListenerState
 from .metrics import Registry
@@ -188,11 +189,16 @@ class Gateway:
         self.started_at = time.time()
         self.log_stats: dict[str, float] = {}  # refreshed by the housekeeping task
         self.metrics_registry = self._build_metrics()
+        self.hooks = ChangeHooks()  # server-side callbacks (on_change), run off the hot path
+        self.hooks.register_metrics(self.metrics_registry)
 
     # lifecycle -----------------------------------------------------------------
 
-    async def start(self, *, ready_timeout: float = 10.0) -> None:
-        """Connect to PostgreSQL, start the listener and bind the HTTP/WebSocket port."""
+    async def start(self, *, ready_timeout: float = 10.0, serve_tcp: bool = True) -> None:
+        """Connect to PostgreSQL, start the listener and bind the HTTP/WebSocket port.
+
+        ``serve_tcp=False`` binds nothing: an embedding server (pgcast.asgi) carries the
+        connections and calls the transport callbacks itself."""
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=4, command_timeout=60
@@ -203,11 +209,15 @@ class Gateway:
                 hint="check --database-url / PGCAST_DATABASE_URL / DATABASE_URL",
             ) from None
         self._catalog = Catalog(self._pool)
+        self.hooks.start()  # before the listener: no change may pass unseen
         self.listener.start()
         if not await self.listener.wait_ready(ready_timeout):
             logger.warning(
                 "PostgreSQL LISTEN not ready yet (%s); serving anyway", self.listener.last_error
             )
+        self._spawn(self._housekeeping(), "pgcast-housekeeping")
+        if not serve_tcp:
+            return
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._new_connection,
@@ -216,7 +226,6 @@ class Gateway:
             reuse_address=True,
             backlog=4096,
         )
-        self._spawn(self._housekeeping(), "pgcast-housekeeping")
         logger.info(
             "serving on http://%s:%s (ws: /ws, sse: /sse, health: /health)",
             self.settings.host,
@@ -246,6 +255,7 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.listener.stop()
+        await self.hooks.stop(timeout=timeout)
         if self._pool is not None:
             try:
                 async with asyncio.timeout(timeout):
@@ -385,6 +395,15 @@ class Gateway:
         self.dispatch_seconds.observe(time.perf_counter() - started)
         if changes:
             self.capture_to_send_seconds.observe(time.time() - _epoch(changes[-1].committed_at))
+        if self.hooks:
+            self.hooks.feed(changes)
+
+    def on_change(
+        self, table: str, *, schema: str | None = None, events: tuple[str, ...] | None = None
+    ) -> Callable[[HookFunction], HookFunction]:
+        """Decorator: run the function (sync or async) for each committed change of
+        ``table``, off the delivery path (see pgcast.hooks). Register before start()."""
+        return self.hooks.on_change(table, schema=schema, events=events)
 
     def resync_all(self, pruned_through: int) -> None:
         """Tell every table subscriber that changes were lost to pruning: refetch."""
@@ -509,7 +528,7 @@ class Gateway:
             CloseCode.TOKEN_EXPIRED, "token expired: get a new token, then reconnect and resume"
         )
 
-    def opened(self, conn: WebSocketConnection) -> None:
+    def opened(self, conn: ClientTransport) -> None:
         identity = self._admitted.pop(conn, None)
         self._new_session(conn, identity, self.settings.max_subscriptions)
         conn.send(protocol.welcome(SERVER_NAME, self.position()))
