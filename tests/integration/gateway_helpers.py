@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from pgcast.auth import AuthConfig
 from pgcast.config import Settings
 from pgcast.server import Gateway
 
@@ -17,9 +18,12 @@ TIMEOUT = 10.0
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(dsn: str, **overrides: Any) -> AsyncIterator[Gateway]:
+async def running_gateway(
+    dsn: str, *, auth: AuthConfig | None = None, **overrides: Any
+) -> AsyncIterator[Gateway]:
+    """A started gateway; ``overrides`` go to Settings, ``auth`` to the Gateway (None: open)."""
     settings = Settings(**{"port": 0, "poll_interval": 0.5, "probe_interval": 2.0, **overrides})
-    gateway = Gateway(settings, dsn)
+    gateway = Gateway(settings, dsn, auth=auth)
     await gateway.start()
     try:
         yield gateway
