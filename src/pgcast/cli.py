@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import urllib.request
@@ -27,6 +28,7 @@ from .config import Settings, load_settings
 from .embedded import resolve_database_url
 from .exceptions import ConfigError, PgcastError
 from .identifiers import TableName, parse_table_name, validate_column_name
+from .logs import LOG_FORMATS, configure_logging
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -69,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pgcast {__version__}")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text (default) or json: one JSON object per line (or PGCAST_LOG_FORMAT)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway (WebSocket /ws, /health)")
@@ -83,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--anonymous",
         action="store_true",
         help="let clients without a token in (their reads still follow the [rules])",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=argparse.SUPPRESS,
+        help="text (default) or json: one JSON object per log line (or PGCAST_LOG_FORMAT)",
     )
 
     track = commands.add_parser("track", help="capture changes of tables")
@@ -147,10 +160,11 @@ def _settings(args: argparse.Namespace, **flags: Any) -> Settings:
     return load_settings(flags, config_file=getattr(args, "config", None))
 
 
-async def _connect(settings: Settings) -> Any:
-    dsn = await asyncio.to_thread(resolve_database_url, settings)
+async def _connect(settings: Settings, dsn: str | None = None, **kwargs: Any) -> Any:
+    if dsn is None:
+        dsn = await asyncio.to_thread(resolve_database_url, settings)
     try:
-        return await asyncpg.connect(dsn)
+        return await asyncpg.connect(dsn, **kwargs)
     except (OSError, asyncpg.PostgresError) as exc:
         raise PgcastError(
             f"cannot connect to PostgreSQL: {exc}", hint="check --database-url / DATABASE_URL"
@@ -185,7 +199,13 @@ async def cmd_untrack(args: argparse.Namespace) -> int:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    conn = await _connect(_settings(args))
+    from .pgbouncer import check_listen
+
+    settings = _settings(args)
+    dsn = await asyncio.to_thread(resolve_database_url, settings)
+    # No statement cache: status must also work through a transaction-mode pooler,
+    # so that it can say why LISTEN does not.
+    conn = await _connect(settings, dsn, statement_cache_size=0)
     try:
         tables = await installer.tracked_tables(conn)
         stats = await installer.log_stats(conn)
@@ -197,6 +217,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         queue = await conn.fetchval("SELECT pg_notification_queue_usage()")
     finally:
         await conn.close()
+    listen = await check_listen(dsn)
     report: dict[str, Any] = {
         "tables": [
             {
@@ -227,12 +248,14 @@ async def cmd_status(args: argparse.Namespace) -> int:
             for r in listeners
         ],
         "notification_queue_usage": queue,
+        "listen_notify": listen.as_dict(),
     }
     if args.url:
         report["gateway"] = await asyncio.to_thread(_fetch_health, args.url)
+    code = EXIT_ERROR if listen.broken else EXIT_OK
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-        return EXIT_OK
+        return code
     print(f"tracked tables: {len(tables)}")
     for t in report["tables"]:
         print(f"  {TableName(t['schema'], t['table'])}  changes in log: {t['changes']}")
@@ -249,9 +272,10 @@ async def cmd_status(args: argparse.Namespace) -> int:
         )
     )
     print(f"notification queue usage: {queue:.1%}")
+    print(listen.explain())
     if "gateway" in report:
         print(f"gateway health: {orjson.dumps(report['gateway']).decode()}")
-    return EXIT_OK
+    return code
 
 
 def _fetch_health(url: str) -> Any:
@@ -288,6 +312,7 @@ async def cmd_prune(args: argparse.Namespace) -> int:
 
 async def cmd_serve(args: argparse.Namespace) -> int:
     from .auth import load_auth_config
+    from .pgbouncer import warn_if_broken
     from .server import serve
 
     settings = _settings(args, host=args.host, port=args.port, channels=args.channels)
@@ -298,18 +323,22 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     if warning := auth.warning():
         logging.getLogger("pgcast.auth").warning(warning)
     dsn = await asyncio.to_thread(resolve_database_url, settings)
+    # PgBouncer in transaction mode silently breaks LISTEN: say so before serving.
+    await warn_if_broken(dsn)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
     def ready(gateway: Any) -> None:
-        print(
+        line = (
             f"pgcast {__version__} serving ws://{settings.host}:{gateway.port}/ws "
-            f"(health: http://{settings.host}:{gateway.port}/health)",
-            file=sys.stderr,
-            flush=True,
+            f"(health: http://{settings.host}:{gateway.port}/health)"
         )
+        if _log_format(args) == "json":
+            logging.getLogger("pgcast.cli").info("%s", line)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     try:
         await serve(settings, dsn, stop=stop, on_ready=ready, auth=auth)
@@ -369,11 +398,18 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
 }
 
 
+def _log_format(args: argparse.Namespace) -> str:
+    chosen: str | None = getattr(args, "log_format", None)
+    return chosen or os.environ.get("PGCAST_LOG_FORMAT") or "text"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = (args.log_level or "info").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_format = _log_format(args)
+    if log_format not in LOG_FORMATS:
+        parser.error(f"PGCAST_LOG_FORMAT={log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+    configure_logging(args.log_level or "info", log_format)
     try:
         return asyncio.run(COMMANDS[args.command](args))
     except PgcastError as exc:

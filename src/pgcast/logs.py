@@ -1,0 +1,53 @@
+"""Log output for the ``pgcast`` command: plain text or one JSON object per line.
+
+``--log-format json`` (or ``PGCAST_LOG_FORMAT=json``) makes every record one line::
+
+    {"ts": "2026-11-21T10:15:02.114Z", "level": "error", "logger": "pgcast.listener",
+     "message": "LISTEN connection lost: ...", "exception": "Traceback ..."}
+
+``exception`` (the formatted traceback) is present only when the record carries one;
+``stack`` likewise for ``stack_info``. Values that JSON cannot hold are written with
+``str()``, so a log call never fails because of its arguments.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import sys
+from typing import Final, TextIO
+
+import orjson
+
+LOG_FORMATS: Final = ("text", "json")
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object: ``ts``, ``level``, ``logger``, ``message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Send every log record at ``level`` or above to ``stream`` (stderr) in ``fmt``."""
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
