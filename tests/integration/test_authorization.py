@@ -342,7 +342,8 @@ async def test_no_client_sees_a_row_its_claims_do_not_allow_and_each_sees_all_of
 ) -> None:
     seed = int(os.environ.get("PGCAST_AUTH_SEED", random.randrange(1_000_000)))
     print(f"authorization schedule seed: {seed} (replay with PGCAST_AUTH_SEED={seed})")
-    rng = random.Random(seed)
+    # Separate streams: the writer runs concurrently with the subscribing below.
+    rng, writes = random.Random(seed), random.Random(seed + 1)
     await create_tables(conn)
     auth = make_auth(tmp_path)
     subscribers: list[RawSubscriber] = []
@@ -371,13 +372,13 @@ async def test_no_client_sees_a_row_its_claims_do_not_allow_and_each_sees_all_of
                     for _ in range(2):
                         ack = await subscriber.subscribe(new_mirror(merchant))
                         assert ack["type"] == "subscribed", ack
-            await random_writes(conn, rng, 60)
+            await random_writes(conn, writes, 60)
             # A quiescent point to replay from later (one writer: no transaction open).
             since = await conn.fetchval("SELECT max(id) FROM pgcast.changes")
             past = {t: [dict(r) for r in await conn.fetch(f"SELECT * FROM {t}")] for t in TABLES}
-            await random_writes(conn, rng, 60)
+            await random_writes(conn, writes, 60)
             # Snapshot and `since` subscriptions while the writer keeps going.
-            writer = asyncio.create_task(random_writes(conn, rng, 60))
+            writer = asyncio.create_task(random_writes(conn, writes, 60))
             for merchant in TENANTS:
                 subscriber = await open_subscriber(merchant)
                 snap = new_mirror(merchant)
@@ -395,7 +396,7 @@ async def test_no_client_sees_a_row_its_claims_do_not_allow_and_each_sees_all_of
             ) as client:
                 py_mirror = Mirror("py", "orders", 3, filter_cases(3, 1)[0])
                 async with client.subscribe("orders", snapshot=True) as sub:
-                    await random_writes(conn, rng, 30)
+                    await random_writes(conn, writes, 30)
                     want = await expected_rows(conn, py_mirror)
                     async with asyncio.timeout(TIMEOUT):
                         async for frame in sub:
