@@ -142,10 +142,10 @@ class ChangeEvent:
         elif view == AS_DELETE:
             op, record, changed = "DELETE", "null", None
         encoded = (
-            f'"id":"{self.id}","schema":{_str(self.schema)},"table":{_str(self.table)},'
+            f'"id":"{self.id}",{_table_fields(self.schema, self.table)}'
             f'"op":"{op}","record":{record},"old_record":{old_record},'
-            f'"changed":{orjson.dumps(changed).decode()},"txid":"{self.txid}",'
-            f'"committed_at":"{self.committed_at}"}}'
+            f'"changed":{"null" if changed is None else orjson.dumps(changed).decode()},'
+            f'"txid":"{self.txid}","committed_at":"{self.committed_at}"}}'
         ).encode()
         self._bodies[key] = encoded
         return encoded
@@ -161,6 +161,19 @@ class ChangeEvent:
 
 def _str(value: str) -> str:
     return orjson.dumps(value).decode()
+
+
+_TABLE_FIELDS: dict[tuple[str, str], str] = {}
+
+
+def _table_fields(schema: str, table: str) -> str:
+    """``"schema":...,"table":...,`` encoded once per table (a few entries per gateway)."""
+    fields = _TABLE_FIELDS.get((schema, table))
+    if fields is None:
+        fields = f'"schema":{_str(schema)},"table":{_str(table)},'
+        if len(_TABLE_FIELDS) < 10_000:
+            _TABLE_FIELDS[(schema, table)] = fields
+    return fields
 
 
 def _project(row: Row | None, columns: frozenset[str]) -> str:

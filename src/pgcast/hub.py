@@ -48,6 +48,7 @@ class Subscription:
         "prefix",
         "rule",
         "schema",
+        "sole_eq",
         "state",
         "table",
     )
@@ -79,6 +80,9 @@ class Subscription:
         self.buffer: list[ChangeEvent] | None = None
         condition = filter.index_condition()
         self.index_column = condition.column if condition else None
+        # The filter is exactly the eq condition it is indexed by: a hit in its index
+        # bucket is a match (see Hub.match), no need to evaluate the filter again.
+        self.sole_eq = condition is not None and len(filter.conditions) == 1
 
     def begin_catch_up(self) -> None:
         """Buffer live changes until the replay is done (see finish_catch_up)."""
@@ -221,20 +225,35 @@ class Hub:
         index = self._tables.get((change.schema, change.table))
         if index is None:
             return []
-        if change.op == "TRUNCATE" or not index.by_value:
-            candidates: set[Subscription] | list[Subscription] = index.everything
+        routed: list[tuple[Subscription, View]] = []
+        op = change.op
+        if op == "TRUNCATE" or not index.by_value:
+            for sub in index.everything:
+                view = sub.view(change)
+                if view:
+                    routed.append((sub, view))
+            return routed
+        hits: list[set[Subscription]] = []
+        for row in _rows(change):
+            for column, buckets in index.by_value.items():
+                key = value_key(row.get(column))
+                if key is not None:
+                    bucket = buckets.get(key)
+                    if bucket:
+                        hits.append(bucket)
+        candidates: set[Subscription]
+        if len(hits) == 1 and not index.unindexed:
+            candidates = hits[0]
         else:
-            found = set(index.unindexed)
-            for row in _rows(change):
-                for column, buckets in index.by_value.items():
-                    key = value_key(row.get(column))
-                    if key is not None:
-                        bucket = buckets.get(key)
-                        if bucket:
-                            found |= bucket
-            candidates = found
-        routed = []
+            candidates = set(index.unindexed).union(*hits)
         for sub in candidates:
+            if sub.sole_eq and sub.rule is None:
+                # Found in its own eq bucket under the value of the new or old row:
+                # value_key equality is exactly the eq condition's match (filters.py),
+                # so the filter matches and an UPDATE matching either side is FULL.
+                if op in sub.events:
+                    routed.append((sub, FULL))
+                continue
             view = sub.view(change)
             if view:
                 routed.append((sub, view))

@@ -26,13 +26,13 @@ import orjson
 from websockets.http11 import Request, Response
 
 from . import __version__, protocol
-from .auth import ANONYMOUS, AuthConfig, AuthError, Identity, extract_token
+from .auth import ANONYMOUS, AuthConfig, AuthError, Identity, RowRule, extract_token
 from .capture.installer import prune
 from .changelog import DATABASE_ERRORS, Replay, TableRows, replay, snapshot
 from .config import Settings
 from .events import ChangeEvent, Horizon
 from .exceptions import DatabaseUnavailable, ProtocolError
-from .filters import Filter
+from .filters import MATCH_ALL, Filter
 from .hooks import ChangeHooks, HookFunction
 from .hub import Hub, Subscription
 from .listener import Listener, ListenerState
@@ -135,13 +135,14 @@ class Catalog:
 class Client:
     """Gateway-side state of one client (WebSocket connection or SSE stream)."""
 
-    __slots__ = ("conn", "inbox", "ip", "session", "subject", "timer", "worker")
+    __slots__ = ("conn", "filters", "inbox", "ip", "session", "subject", "timer", "worker")
 
     def __init__(self, conn: ClientTransport, session: Session, ip: str) -> None:
         self.conn = conn
         self.session = session
         self.ip = ip
         self.subject: str | None = None  # counted against the per-subject limit
+        self.filters: dict[str, Filter] = {}  # each subscription's filter as the client sent it
         self.inbox: deque[str | bytes] = deque()
         self.worker: asyncio.Task[None] | None = None
         # Closes the connection when its token expires (or if it never authenticates).
@@ -652,6 +653,8 @@ class Gateway:
                 await self._publish(client, message)
         except ProtocolError as exc:
             conn.send(protocol.error(exc.code, str(exc), sub_id or exc.sub_id))
+            if exc.code == ErrorCode.UNAUTHORIZED:  # a malformed `auth` message
+                conn.close(CloseCode.UNAUTHORIZED, "a valid token is required")
 
     def _refresh_token(self, client: Client, token: str) -> None:
         """An `auth` message: authenticate, or swap in a fresh token for the same subject."""
@@ -683,8 +686,11 @@ class Gateway:
                 rule = session.grants.table(sub.schema, sub.table)
                 allowed = rule is not None
                 if rule is not None:
+                    # Same subject, maybe other claims: rebuild from the client's own filter.
                     self.hub.remove(sub)
-                    sub.rule = None if rule.allows_all else rule
+                    sub.rule, sub.filter = _restrict(rule, client.filters.get(sub.id, MATCH_ALL))
+                    condition = sub.filter.index_condition()
+                    sub.index_column = condition.column if condition else None
                     self.hub.add(sub)
             if not allowed:
                 self._forget(session.close_subscription(sub.id))
@@ -725,36 +731,35 @@ class Gateway:
             await self._subscribe_channel(client, request)
             return
         assert request.table is not None and self._catalog is not None
+        grants = client.session.grants
+        assert grants is not None
+        # Rights first: a token must not learn which tables are tracked, or their
+        # columns, from the errors of tables it may not read.
+        if grants.rules.configured and not any(
+            table == request.table
+            and (request.schema is None or schema == request.schema)
+            and grants.table(schema, table) is not None
+            for schema, table in grants.rules.tables
+        ):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not read {request.table!r}")
         try:
             info = await self._catalog.resolve(request.schema, request.table)
         except DATABASE_ERRORS as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"database unavailable: {exc}") from None
+        rule = grants.table(info.schema, info.name)
+        if rule is None:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not read {request.table!r}")
         request.filter.check_columns(info.columns, info.name)
         if request.columns is not None and not request.columns <= info.columns:
             unknown = ", ".join(sorted(request.columns - info.columns))
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST, f"unknown columns for table {info.name!r}: {unknown}"
             )
-        grants = client.session.grants
-        assert grants is not None
-        rule = grants.table(info.schema, info.name)
-        if rule is None:
-            raise ProtocolError(
-                ErrorCode.FORBIDDEN, f"this token may not read table {info.schema}.{info.name}"
-            )
-        filter_ = request.filter
-        if rule.allows_all:
-            rule = None
-        else:
-            # Prepend the rule's bound conditions (merchant_id = 7...), so the hub
-            # indexes the subscription on the tenant column; the rule still decides
-            # which row images may be shown (Subscription.view).
-            conditions = rule.conditions()
-            if conditions:
-                filter_ = Filter(conditions + request.filter.conditions)
+        rule, filter_ = _restrict(rule, request.filter)
         sub = client.session.open(
             request, schema=info.schema, table=info.name, filter=filter_, rule=rule
         )
+        client.filters[sub.id] = request.filter
         fields: dict[str, Any] = {"schema": info.schema, "table": info.name}
         if not request.snapshot and request.since is None:
             self.hub.add(sub)
@@ -894,6 +899,21 @@ class Gateway:
             "deliveries_out": self.deliveries_out,
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
+
+
+def _restrict(rule: RowRule, requested: Filter) -> tuple[RowRule | None, Filter]:
+    """The rule a subscription keeps (None: all rows) and its filter.
+
+    The rule's bound conditions (merchant_id = 7...) are prepended to the client's
+    filter so the hub indexes the subscription on the tenant column; the rule itself
+    still decides which row images may be shown (Subscription.view).
+    """
+    if rule.allows_all:
+        return None, requested
+    conditions = rule.conditions()
+    if conditions:
+        return rule, Filter(conditions + requested.conditions)
+    return rule, requested
 
 
 def _ip(peer: str) -> str:

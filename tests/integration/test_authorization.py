@@ -788,3 +788,37 @@ async def test_sse_takes_its_token_from_the_query(
         finally:
             stream.close()
         assert await db_fingerprint(tables) == (before[0] + 2, before[1] + 2, *before[2:])
+
+
+async def test_refresh_with_other_claims_rebinds_the_rule_and_keeps_the_clients_filter(
+    database_url: str, tables: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Same subject, new tenant claim: the subscription follows the new claim, and the
+    client's own filter still applies (it is kept apart from the rule's conditions)."""
+    async with (
+        running_gateway(database_url, channels=",".join(CHANNELS), auth=make_auth(tmp_path)) as gw,
+        client_for(gw, token(1, sub="mover")) as client,
+    ):
+        ack = await client.subscribe("o", table="orders", filter="status=eq.open")
+        assert ack["type"] == "subscribed", ack
+        await client.send({"type": "auth", "token": token(2, sub="mover")})
+        await client.send({"type": "ping"})
+        assert (await client.recv_type("pong"))["type"] == "pong"  # the auth was handled
+        await tables.execute("INSERT INTO orders VALUES (10, 1, false, 'open', 1)")
+        await tables.execute("INSERT INTO orders VALUES (11, 2, false, 'paid', 1)")
+        await tables.execute("INSERT INTO orders VALUES (12, 2, false, 'open', 1)")
+        (change,) = await client.changes(1)
+        # ids 10 and 11 were committed first: had either been sent, it would come first
+        assert change["record"]["id"] == 12  # tenant 2 now, and still only 'open' rows
+
+
+async def test_unknown_tables_and_columns_are_not_revealed_to_a_token_without_rights(
+    database_url: str, tables: asyncpg.Connection, tmp_path: Path
+) -> None:
+    async with (
+        running_gateway(database_url, channels=",".join(CHANNELS), auth=make_auth(tmp_path)) as gw,
+        client_for(gw, token(1)) as client,
+    ):
+        for name, extra in [("secrets", {"filter": "nope=eq.1"}), ("no_such_table", {})]:
+            refused = await client.subscribe(f"x-{name}", table=name, **extra)
+            assert refused["code"] == "forbidden", refused
