@@ -1149,6 +1149,7 @@ _LIMIT_PARSERS: dict[str, Callable[[object, str], Any]] = {
 
 # --- configuration -----------------------------------------------------------------------
 
+_ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _AUTH_KEYS = (
     "jwt_secret",
     "jwt_public_key",
@@ -1157,6 +1158,7 @@ _AUTH_KEYS = (
     "jwt_issuer",
     "jwt_leeway",
     "anonymous",
+    "rls_role",
 )
 _LIMIT_KEYS = tuple(_LIMIT_PARSERS)
 _TRUE = ("1", "true", "yes", "on")
@@ -1183,6 +1185,9 @@ class AuthConfig:
     rules: Rules = dataclasses.field(default_factory=Rules)
     limits: Limits = dataclasses.field(default_factory=Limits)
     mode: str = "open"
+    # Snapshots read as this role with the token's claims in `request.jwt.claims`, so
+    # the table's row-level-security policies decide which rows are in them.
+    rls_role: str | None = None
 
     @property
     def leeway(self) -> float:
@@ -1343,6 +1348,12 @@ def load_auth_config(
         )
     required = bool(keys) and not anonymous
     mode = "token" if required else ("anonymous" if anonymous else "open")
+    rls_role = None
+    if "rls_role" in chosen:
+        value, label = chosen["rls_role"]
+        rls_role = _parse_text(value, label)
+        if not _ROLE_NAME.fullmatch(rls_role):
+            raise ConfigError(f"{label}={rls_role!r} is not a role name ([a-z_][a-z0-9_]*)")
     return AuthConfig(
         required=required,
         anonymous=anonymous,
@@ -1350,6 +1361,7 @@ def load_auth_config(
         rules=rules,
         limits=limits,
         mode=mode,
+        rls_role=rls_role,
     )
 
 

@@ -305,8 +305,12 @@ async def snapshot(
     timeout: float | None,
     chunk_size: int = 500,
     page_size: int = PAGE_SIZE,
+    rls: tuple[str, str] | None = None,
 ) -> AsyncIterator[TableRows | list[ChangeEvent] | Replay]:
     """Yield the table's rows in chunks, then every change committed after them.
+
+    With ``rls`` = (role, claims as JSON), the rows are read as that role with the
+    claims in ``request.jwt.claims``, so row-level-security policies filter them.
 
     The rows are read in one REPEATABLE READ snapshot S, together with the log head
     and the transactions in progress in S. "After the snapshot" is then exactly: log
@@ -317,6 +321,12 @@ async def snapshot(
     relation = f"{quote_ident(schema)}.{quote_ident(table)}"
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         horizon = horizon_from_row(await conn.fetchrow(_HEAD, timeout=timeout))
+        if rls is not None:
+            # Row-level security decides the rows: read them as `role`, with the
+            # token's claims where policies look for them (PostgREST's convention).
+            role, claims_json = rls
+            await conn.execute("SELECT set_config('request.jwt.claims', $1, true)", claims_json)
+            await conn.execute(f"SET LOCAL ROLE {quote_ident(role)}")
         chunk: list[str] = []
         async for row in conn.cursor(
             f"SELECT to_jsonb(t)::text AS row FROM {relation} t",

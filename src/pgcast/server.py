@@ -776,7 +776,12 @@ class Gateway:
                 items: AsyncIterator[TableRows | list[ChangeEvent] | Replay | Horizon]
                 if request.snapshot:
                     items = snapshot(
-                        db, schema=sub.schema, table=sub.table, events=events, timeout=timeout
+                        db,
+                        schema=sub.schema,
+                        table=sub.table,
+                        events=events,
+                        timeout=timeout,
+                        rls=self._rls(client),
                     )
                 else:
                     assert request.since is not None
@@ -796,6 +801,13 @@ class Gateway:
                 ErrorCode.UNAVAILABLE, f"could not read the change log: {exc}"
             ) from None
         conn.send(protocol.subscribed(sub.id, **fields))
+
+    def _rls(self, client: Client) -> tuple[str, str] | None:
+        """(role, claims JSON) when snapshots defer to row-level security."""
+        identity = client.session.identity
+        if self.auth.rls_role is None or identity is None:
+            return None
+        return self.auth.rls_role, orjson.dumps(dict(identity.claims)).decode()
 
     async def _catch_up(
         self,
