@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -85,15 +86,37 @@ def gateway_process(
             str(port),
         ]
     proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})})
+    profiler = None
     try:
         wait_for_port(port, 30)
+        profiler = _start_profiler(kind, proc.pid)
         yield proc
     finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            try:
+                profiler.wait(30)
+            except subprocess.TimeoutExpired:
+                profiler.kill()
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _start_profiler(kind: str, pid: int) -> subprocess.Popen[bytes] | None:
+    """With ``PGCAST_BENCH_PROFILE=<dir>``, sample the gateway with py-spy (non-blocking,
+    so the process is never paused) into ``<dir>/<kind>-<pid>.txt`` (collapsed stacks)."""
+    directory = os.environ.get("PGCAST_BENCH_PROFILE")
+    if not directory:
+        return None
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).parent / "py-spy"
+    output = Path(directory) / f"{kind}-{pid}.txt"
+    command = [str(spy), "record", "--pid", str(pid), "--nonblocking", "--rate", "250"]
+    command += ["--format", "raw", "--output", str(output)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def wait_for_port(port: int, timeout: float) -> None:
@@ -230,3 +253,168 @@ def percentile(values: list[float], q: float) -> float:
 
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+# --- process figures (the performance suite) -----------------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> str:
+    """/proc/loadavg's three load averages: recorded with every figure (shared machine)."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (/proc/<pid>/stat utime + stime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def proc_rss_kib(pid: int) -> int:
+    """A process's resident set size in KiB (/proc/<pid>/status VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's open-file limit towards ``wanted`` (capped by the hard limit)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+async def prepare_table(dsn: str, table: str, ddl: str, target: str) -> None:
+    """Create ``table`` with ``ddl`` (``{t}`` = the name) and make it deliver its changes:
+    ``track`` it for pgcast, or install the hand-written per-row NOTIFY trigger of
+    bench/baseline/trigger.sql for the baseline."""
+    from pgcast.capture.installer import track
+    from pgcast.identifiers import parse_table_name
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(ddl.format(t=table))
+        if target == "pgcast":
+            await track(conn, parse_table_name(table))
+        else:
+            # trigger.sql is a psql script: drop its psql meta-commands, bind :"table".
+            sql = (ROOT / "bench" / "baseline" / "trigger.sql").read_text()
+            lines = [line for line in sql.splitlines() if not line.startswith("\\")]
+            await conn.execute("\n".join(lines).replace(':"table"', f'"{table}"'))
+    finally:
+        await conn.close()
+
+
+# Gateway settings the load tests need: one IP opens every connection, subscriptions
+# arrive in bursts, and one connection may hold many subscriptions.
+LOAD_ENV = {
+    "PGCAST_MAX_CONNECTIONS_PER_IP": "0",
+    "PGCAST_MAX_CONNECTIONS_PER_SUBJECT": "0",
+    "PGCAST_SUBSCRIBE_RATE": "0",
+    "PGCAST_MAX_SUBSCRIPTIONS": "10000",
+}
+
+
+class ClientProcess:
+    """bench/clients.py in its own process: opens the WebSocket clients, subscribes,
+    prints one JSON line when ready and one with its figures when done.
+
+    ``await start()`` waits for the ready line; ``await finish()`` waits for the
+    results (``stop()`` first to end a run that has no expected total).
+    """
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready: dict[str, object] = {}
+
+    async def start(self, timeout: float = 300) -> dict[str, object]:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "bench" / "clients.py"),
+            *self.args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=1 << 26,
+        )
+        self.ready = await self._line(timeout)
+        return self.ready
+
+    async def _line(self, timeout: float) -> dict[str, object]:
+        assert self.proc is not None and self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"bench/clients.py exited ({await self.proc.wait()})")
+        result: dict[str, object] = orjson.loads(line)
+        return result
+
+    def stop(self) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(b"stop\n")
+
+    async def finish(self, timeout: float = 600) -> dict[str, object]:
+        result = await self._line(timeout)
+        assert self.proc is not None
+        await self.proc.wait()
+        return result
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
+
+async def commit_rows(
+    dsn: str,
+    insert: str,
+    count: int,
+    *,
+    connections: int = 1,
+    synchronous_commit: str = "off",
+    rate: float | None = None,
+) -> dict[str, object]:
+    """Commit ``count`` single-row statements, each its own transaction.
+
+    ``insert`` takes ``$1`` (``time.time()`` just before it is sent) and returns the
+    row id. ``connections`` writers share the work (row i goes to writer i % n);
+    ``rate`` paces the whole at that many commits per second, else as fast as they
+    can. Returns ``committed`` (row id -> ``time.time()`` when its commit was
+    acknowledged), ``sent`` (row id -> stamp), ``started`` (``time.time()``) and
+    ``elapsed`` seconds.
+    """
+    conns = [
+        await asyncpg.connect(dsn, server_settings={"synchronous_commit": synchronous_commit})
+        for _ in range(connections)
+    ]
+    committed: dict[int, float] = {}
+    sent: dict[int, float] = {}
+    start = time.monotonic()
+    started = time.time()
+
+    async def writer(k: int) -> None:
+        conn = conns[k]
+        for i in range(k, count, connections):
+            if rate:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # pacing the writer to the target rate
+            before = time.time()
+            row_id = await conn.fetchval(insert, before)
+            committed[row_id] = time.time()
+            sent[row_id] = before
+
+    try:
+        await asyncio.gather(*(writer(k) for k in range(connections)))
+    finally:
+        elapsed = time.monotonic() - start
+        for conn in conns:
+            await conn.close()
+    return {"committed": committed, "sent": sent, "started": started, "elapsed": elapsed}

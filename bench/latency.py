@@ -1,14 +1,20 @@
 """End-to-end latency: commit -> subscriber receive, p50 / p99 / max.
 
-    python bench/latency.py --subscribers 100 --rate 1000 --seconds 5 --runs 3
+    python bench/latency.py --subscribers 100 --probes 10 --rate 1000 --seconds 5 \
+        --runs 3 --synchronous-commit off --target both
 
-A writer commits single-row INSERTs at ``--rate`` per second, each row stamped with
-the time just before its INSERT was sent; ``--subscribers`` WebSocket clients each
-hold a subscription whose filter matches every row (``kind=eq.bench``). The first
-``--probes`` clients decode every frame and record ``receive time - stamp``; the
-others only count frames. The gateway runs as its own process (``pgcast serve``;
-with ``--target baseline`` the hand-written asyncpg + websockets gateway in
-bench/baseline, which has no filters and broadcasts to everyone). Prints JSON.
+Three processes: the gateway (``pgcast serve``; with ``--target baseline`` the
+hand-written asyncpg + websockets gateway in bench/baseline, which has no filters
+and broadcasts to everyone), the load generator (bench/clients.py: ``--subscribers``
+raw WebSocket clients, each subscribed with a filter that matches every row,
+``kind=eq.bench``), and this one, the writer: single-row INSERTs at ``--rate``
+commits per second, each its own transaction, from ``--writers`` connections with
+the given ``synchronous_commit`` (one writer cannot commit 1,000 times a second
+with ``on`` on this disk). The first ``--probes`` clients decode every frame and
+record its receive time; latency = receive - commit acknowledged to the writer,
+every (probe, row) pair is a sample (``time.time()`` in both processes). Also
+reports the gateway's and load generator's CPU per second and /proc/loadavg.
+Prints JSON.
 """
 
 from __future__ import annotations
@@ -20,106 +26,97 @@ import sys
 import time
 from pathlib import Path
 
-import asyncpg
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     DEFAULT_DSN,
-    ROOT,
-    RawClient,
+    LOAD_ENV,
+    ClientProcess,
+    commit_rows,
     free_port,
     gateway_process,
-    open_clients,
+    loadavg,
     percentile,
+    prepare_table,
+    proc_cpu_seconds,
     scratch_database,
 )
 
-from pgcast.capture.installer import track
-from pgcast.identifiers import parse_table_name
-
 TABLE = "bench_events"
-
-
-async def prepare(dsn: str, target: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    await conn.execute(f"CREATE TABLE {TABLE} (id bigserial PRIMARY KEY, kind text, ts float8)")
-    if target == "pgcast":
-        await track(conn, parse_table_name(TABLE))
-    else:
-        # trigger.sql is a psql script: drop its psql meta-commands, bind :"table".
-        sql = (ROOT / "bench" / "baseline" / "trigger.sql").read_text()
-        lines = [line for line in sql.splitlines() if not line.startswith("\\")]
-        await conn.execute("\n".join(lines).replace(':"table"', f'"{TABLE}"'))
-    await conn.close()
+DDL = "CREATE TABLE {t} (id bigserial PRIMARY KEY, kind text, ts float8)"
+INSERT = f"INSERT INTO {TABLE} (kind, ts) VALUES ('bench', $1) RETURNING id"
 
 
 async def one_run(args: argparse.Namespace, target: str) -> dict[str, object]:
+    total = int(args.rate * args.seconds)
     async with scratch_database(args.dsn) as dsn:
-        await prepare(dsn, target)
+        await prepare_table(dsn, TABLE, DDL, target)
         port = free_port()
-        with gateway_process(target, dsn, port):
-            received: dict[int, float] = {}  # row id -> first receive time (probes)
-
-            def probe(payload: bytes) -> None:
-                now = time.time()
-                message = orjson.loads(payload)
-                if target == "pgcast":
-                    if message.get("type") != "change":
-                        return
-                    record = message["record"]
-                else:
-                    record = message.get("record", message)
-                if isinstance(record, dict) and "id" in record:
-                    received.setdefault(record["id"], now)
-
-            clients = await open_clients(
-                port, args.subscribers, lambda i: RawClient(probe if i < args.probes else None)
+        with gateway_process(target, dsn, port, env=LOAD_ENV) as gateway:
+            clients = ClientProcess(
+                [
+                    "--port",
+                    str(port),
+                    "--clients",
+                    str(args.subscribers),
+                    "--target",
+                    target,
+                    "--table",
+                    TABLE,
+                    "--filter",
+                    "kind=eq.bench",
+                    "--probes",
+                    str(args.probes),
+                    "--expect-total",
+                    str(total * args.subscribers),
+                    "--timeout",
+                    str(args.seconds + 120),
+                ]
             )
-            base = 0
-            if target == "pgcast":
-                for client in clients:
-                    client.send(
-                        {"type": "subscribe", "id": "s", "table": TABLE, "filter": "kind=eq.bench"}
-                    )
-                base = 2  # welcome + subscribed
-                await asyncio.gather(*(c.wait_frames(base, 30) for c in clients))
-            writer = await asyncpg.connect(
-                dsn, server_settings={"synchronous_commit": args.synchronous_commit}
-            )
-            insert = f"INSERT INTO {TABLE} (kind, ts) VALUES ('bench', $1) RETURNING id"
-            total = int(args.rate * args.seconds)
-            sent: dict[int, float] = {}  # row id -> time the INSERT was sent
-            committed: dict[int, float] = {}  # row id -> time its commit was acknowledged
-            start = time.monotonic()
-            for i in range(total):
-                delay = start + i / args.rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)  # pacing the writer to the target rate
-                before = time.time()
-                row_id = await writer.fetchval(insert, before)
-                committed[row_id] = time.time()
-                sent[row_id] = before
-            achieved = total / (time.monotonic() - start)
-            await asyncio.gather(*(c.wait_frames(base + total, 60) for c in clients))
-            await writer.close()
-            for client in clients:
-                assert client.transport is not None
-                client.transport.close()
-    # Latency from the commit acknowledgement (what DESIGN calls commit -> receive),
-    # and from the moment the INSERT was sent (adds the commit itself, an fsync here).
-    from_commit = [(received[i] - committed[i]) * 1000 for i in received]
-    from_send = [(received[i] - sent[i]) * 1000 for i in received]
+            try:
+                await clients.start()
+                await asyncio.sleep(1)  # let connection setup settle before measuring
+                load_before = loadavg()
+                cpu_before = proc_cpu_seconds(gateway.pid)
+                written = await commit_rows(
+                    dsn,
+                    INSERT,
+                    total,
+                    connections=args.writers,
+                    synchronous_commit=args.synchronous_commit,
+                    rate=args.rate,
+                )
+                result = await clients.finish(args.seconds + 180)
+                gateway_cpu = proc_cpu_seconds(gateway.pid) - cpu_before
+            finally:
+                clients.kill()
+            load_after = loadavg()
+    committed: dict[int, float] = written["committed"]  # type: ignore[assignment]
+    sent: dict[int, float] = written["sent"]  # type: ignore[assignment]
+    from_commit: list[float] = []
+    from_send: list[float] = []
+    for probe in result["probes"]:  # type: ignore[attr-defined]
+        for row_id, received in probe:
+            from_commit.append((received - committed[row_id]) * 1000)
+            from_send.append((received - sent[row_id]) * 1000)
+    elapsed = float(written["elapsed"])  # type: ignore[arg-type]
     return {
+        "target": target,
         "p50_ms": round(percentile(from_commit, 0.50), 3),
         "p99_ms": round(percentile(from_commit, 0.99), 3),
         "max_ms": round(max(from_commit), 3),
         "from_send_p50_ms": round(percentile(from_send, 0.50), 3),
         "from_send_p99_ms": round(percentile(from_send, 0.99), 3),
         "samples": len(from_commit),
-        "achieved_rate": round(achieved, 1),
-        "deliveries": total * args.subscribers,
+        "achieved_rate": round(total / elapsed, 1),
+        "deliveries": result["frames"],
+        "expected": total * args.subscribers,
+        "gateway_cpu_per_s": round(gateway_cpu / elapsed, 3),
+        "loadgen_cpu_per_s": round(float(result["loadgen_cpu_s"]) / elapsed, 3),  # type: ignore[arg-type]
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
     }
 
 
@@ -133,6 +130,7 @@ async def main() -> None:
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--probes", type=int, default=10)
     parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--writers", type=int, default=1, help="writer connections")
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
@@ -145,18 +143,32 @@ async def main() -> None:
     parser.add_argument("--target", choices=["pgcast", "baseline", "both"], default="pgcast")
     args = parser.parse_args()
     targets = ["pgcast", "baseline"] if args.target == "both" else [args.target]
+    runs_by: dict[str, list[dict[str, object]]] = {t: [] for t in targets}
+    for _ in range(args.runs):
+        for target in targets:  # alternate, so drift of the machine hits both alike
+            run = await one_run(args, target)
+            print(orjson.dumps(run).decode(), flush=True)
+            runs_by[target].append(run)
     for target in targets:
-        runs = [await one_run(args, target) for _ in range(args.runs)]
+        runs = runs_by[target]
         result = {
             "benchmark": "latency",
             "target": target,
             "subscribers": args.subscribers,
             "rate": args.rate,
             "seconds": args.seconds,
+            "writers": args.writers,
             "synchronous_commit": args.synchronous_commit,
-            "runs": runs,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         }
-        for key in ("p50_ms", "p99_ms", "max_ms"):
+        for key in (
+            "p50_ms",
+            "p99_ms",
+            "max_ms",
+            "achieved_rate",
+            "gateway_cpu_per_s",
+            "loadgen_cpu_per_s",
+        ):
             values = [float(r[key]) for r in runs]  # type: ignore[arg-type]
             result[key] = {
                 "median": statistics.median(values),
