@@ -306,7 +306,7 @@ async def snapshot(
     chunk_size: int = 500,
     page_size: int = PAGE_SIZE,
     rls: tuple[str, str] | None = None,
-) -> AsyncIterator[TableRows | list[ChangeEvent] | Replay]:
+) -> AsyncIterator[TableRows | list[ChangeEvent] | Replay | Horizon]:
     """Yield the table's rows in chunks, then every change committed after them.
 
     With ``rls`` = (role, claims as JSON), the rows are read as that role with the
@@ -338,7 +338,8 @@ async def snapshot(
                 yield TableRows(chunk, False, horizon)
                 chunk = []
         yield TableRows(chunk, True, horizon)
-    # Then exactly the changes after the snapshot: a replay from its horizon.
+    # Then exactly the changes after the snapshot: a replay from its horizon (which
+    # first yields its own, later Horizon: the point from which live changes are owed).
     async for item in replay(
         conn,
         since=horizon,
@@ -348,8 +349,7 @@ async def snapshot(
         timeout=timeout,
         page_size=page_size,
     ):
-        if not isinstance(item, Horizon):
-            yield item
+        yield item
 
 
 async def _pages_after(

@@ -17,7 +17,17 @@ import enum
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .events import AS_DELETE, AS_INSERT, FULL, HIDDEN, ChangeEvent, Row, View, subscription_prefix
+from .events import (
+    AS_DELETE,
+    AS_INSERT,
+    FULL,
+    HIDDEN,
+    ChangeEvent,
+    Horizon,
+    Row,
+    View,
+    subscription_prefix,
+)
 from .filters import MATCH_ALL, Filter, value_key
 
 if TYPE_CHECKING:
@@ -42,6 +52,7 @@ class Subscription:
         "columns",
         "events",
         "filter",
+        "horizon",
         "id",
         "index_column",
         "owner",
@@ -73,11 +84,19 @@ class Subscription:
         self.table = table
         self.channel = channel
         self.events = events
-        self.filter = filter
         self.columns = columns
         self.prefix = channel_message_prefix(id) if channel else subscription_prefix(id)
         self.state = SubscriptionState.LIVE
         self.buffer: list[ChangeEvent] | None = None
+        # After a snapshot or replay: only changes after its horizon are still owed.
+        # The listener may lag behind the snapshot (it was reconnecting, say) and
+        # deliver a change the snapshot already holds: that would move a row back.
+        self.horizon: Horizon | None = None
+        self.set_filter(filter)
+
+    def set_filter(self, filter: Filter) -> None:
+        """Use ``filter`` (remove the subscription from the hub first, add it after)."""
+        self.filter = filter
         condition = filter.index_condition()
         self.index_column = condition.column if condition else None
         # The filter is exactly the eq condition it is indexed by: a hit in its index
@@ -127,6 +146,8 @@ class Subscription:
         """
         op = change.op
         if op not in self.events:
+            return HIDDEN
+        if self.horizon is not None and not self.horizon.is_after(change):
             return HIDDEN
         if op == "TRUNCATE":
             return FULL
@@ -247,7 +268,7 @@ class Hub:
         else:
             candidates = set(index.unindexed).union(*hits)
         for sub in candidates:
-            if sub.sole_eq and sub.rule is None:
+            if sub.sole_eq and sub.rule is None and sub.horizon is None:
                 # Found in its own eq bucket under the value of the new or old row:
                 # value_key equality is exactly the eq condition's match (filters.py),
                 # so the filter matches and an UPDATE matching either side is FULL.

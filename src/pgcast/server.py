@@ -688,9 +688,8 @@ class Gateway:
                 if rule is not None:
                     # Same subject, maybe other claims: rebuild from the client's own filter.
                     self.hub.remove(sub)
-                    sub.rule, sub.filter = _restrict(rule, client.filters.get(sub.id, MATCH_ALL))
-                    condition = sub.filter.index_condition()
-                    sub.index_column = condition.column if condition else None
+                    sub.rule, filter_ = _restrict(rule, client.filters.get(sub.id, MATCH_ALL))
+                    sub.set_filter(filter_)
                     self.hub.add(sub)
             if not allowed:
                 self._forget(session.close_subscription(sub.id))
@@ -823,17 +822,18 @@ class Gateway:
         and they are after its horizon (see Horizon). Returns fields for `subscribed`.
         """
         sent: set[int] = set()
-        horizon: Horizon | None = None
+        horizon: Horizon | None = None  # of the replay: live changes are owed after it
+        snapshot_at: Horizon | None = None  # of the snapshot: its resume position
         rows_sent = part = 0
         async for item in items:
             if isinstance(item, Horizon):
-                horizon = horizon or item
+                horizon = item
                 continue
             if isinstance(item, Replay):
                 conn.send(protocol.resync(sub.id, item.reason))
                 continue
             if isinstance(item, TableRows):
-                horizon = item.horizon
+                snapshot_at = item.horizon
                 rows = _select_rows(item.rows, sub, keep)
                 rows_sent += len(rows)
                 position = item.horizon.encode()
@@ -851,13 +851,16 @@ class Gateway:
                         sent.add(change.id)
                 conn.flush()
             await conn.drained()
+        # Everything up to the replay's horizon was sent by the snapshot or the replay;
+        # buffered changes and late ones from a lagging listener count only after it.
+        horizon = horizon or snapshot_at
         for change in sub.finish_catch_up(sent, horizon.is_after if horizon else None):
             conn.queue_change(sub.prefix, change.body(sub.columns, sub.view(change)), change.id)
         conn.flush()
+        sub.horizon = horizon
         self.deliveries_out += len(sent)
-        if part:
-            assert horizon is not None
-            return {"snapshot_rows": rows_sent, "position": horizon.encode()}
+        if snapshot_at is not None:
+            return {"snapshot_rows": rows_sent, "position": snapshot_at.encode()}
         return {"replayed": len(sent)}
 
     async def _subscribe_channel(self, client: Client, request: Subscribe) -> None:

@@ -226,3 +226,24 @@ def test_row_rules_never_show_another_tenants_row_image() -> None:
     shown_out = orjson.loads(b"{" + moved_out.body(None, AS_DELETE))
     assert shown_out["op"] == "DELETE" and shown_out["record"] is None
     assert shown_out["old_record"] == {"id": 7, "tenant": 1}
+
+
+def test_a_change_the_snapshot_already_holds_is_never_delivered_live() -> None:
+    """A lagging listener may dispatch, after the subscription went live, a change
+    committed before its snapshot: the subscription's horizon hides it."""
+    from pgcast.events import Horizon
+
+    hub = Hub()
+    s = sub("s")
+    hub.add(s)
+    s.horizon = Horizon(head=100, pending=frozenset({7}), xmax=9)
+
+    def at(change_id: int, txid: int) -> ChangeEvent:
+        return ChangeEvent.from_dicts(
+            id=change_id, schema="public", table="orders", op="INSERT", record={}, txid=txid
+        )
+
+    assert ids(hub.match(at(99, 5))) == set()  # committed before the snapshot
+    assert ids(hub.match(at(98, 7))) == {"s"}  # its transaction was still open then
+    assert ids(hub.match(at(97, 9))) == {"s"}  # at or above xmax: open then too
+    assert ids(hub.match(at(101, 5))) == {"s"}  # after the snapshot's head
