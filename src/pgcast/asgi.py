@@ -42,7 +42,8 @@ from .exceptions import PgcastError
 from .hooks import ChangeHooks, HookFunction
 from .protocol import CloseCode
 from .server import Gateway
-from .transports.websocket import CLOSE_TIMEOUT, MAX_BUFFERED_BYTES
+from .transports.outbox import MAX_BUFFERED_BYTES
+from .transports.websocket import CLOSE_TIMEOUT
 
 logger = logging.getLogger("pgcast.asgi")
 

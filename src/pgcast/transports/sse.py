@@ -32,14 +32,13 @@ from websockets.http11 import Request
 
 from ..exceptions import ProtocolError
 from ..protocol import CloseCode, ErrorCode
+from .outbox import Outbox
 from .websocket import (
     CLOSE_TIMEOUT,
-    MAX_BUFFERED_BYTES,
     WRITE_HIGH_WATER,
     Application,
     WebSocketConnection,
     http_response,
-    outbox_bytes,
 )
 
 logger = logging.getLogger("pgcast.transport")
@@ -139,16 +138,13 @@ class SseConnection(asyncio.Protocol):
         self.heartbeat_interval = HEARTBEAT_INTERVAL
         self.transport: asyncio.Transport | None = None
         self.peer: str = "?"
-        self._outbox: list[bytes] = []
-        self._outbox_frames = 0
-        self._paused = False
+        self.outbox = Outbox(outbox_limit)
         self._started = False  # the 200 response head is written
         self._closing = False
         self._registered = False  # known to the gateway: tell it when the stream ends
         self._position: bytes | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        self._drain_waiters: list[asyncio.Future[None]] = []
 
     # asyncio.Protocol ------------------------------------------------------------
 
@@ -171,26 +167,19 @@ class SseConnection(asyncio.Protocol):
         for timer in (self._heartbeat, self._close_timer):
             if timer is not None:
                 timer.cancel()
-        self._outbox.clear()
-        self._outbox_frames = 0
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self.outbox.clear()
+        self.outbox.release()
         if self._registered:
             self._registered = False
             self.app.closed(self)
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self.outbox.paused = True
 
     def resume_writing(self) -> None:
-        self._paused = False
+        self.outbox.paused = False
         self.flush()
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self.outbox.release()
 
     # opening -----------------------------------------------------------------------
 
@@ -225,7 +214,7 @@ class SseConnection(asyncio.Protocol):
     def _beat(self) -> None:
         if self.transport is None or self._closing:
             return
-        if not self._paused and not self._outbox:
+        if not self.outbox.paused and not self.outbox.frames:
             self.transport.write(_PING)
         self._heartbeat = asyncio.get_running_loop().call_later(self.heartbeat_interval, self._beat)
 
@@ -247,55 +236,40 @@ class SseConnection(asyncio.Protocol):
     @property
     def writable(self) -> bool:
         """False while the socket's buffer is over its high-water mark."""
-        return not self._paused
+        return not self.outbox.paused
 
     async def drained(self) -> None:
         """Return once the socket accepts writes again (immediately if it does now)."""
-        if not self._paused or self.transport is None or self.transport.is_closing():
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._drain_waiters.append(waiter)
-        await waiter
+        if self.transport is not None and not self.transport.is_closing():
+            await self.outbox.drained()
 
     def queue_change(self, prefix: bytes, body: bytes, change_id: int) -> None:
         """Queue one change event, data ``prefix + body``; call flush() after a batch."""
-        self._outbox += (
-            b"id: " + str(change_id).encode() + b"\nevent: change\ndata: ",
-            prefix,
-            body,
-            _END,
-        )
-        self._outbox_frames += 1
+        head = b"id: " + str(change_id).encode() + b"\nevent: change\ndata: "
+        self.outbox.add(head, prefix, body, _END)
 
     def queue_message(self, prefix: bytes, body: bytes) -> None:
         """Queue one channel message event, data ``prefix + body``; call flush() after a batch."""
-        self._outbox += (b"event: message\ndata: ", prefix, body, _END)
-        self._outbox_frames += 1
+        self.outbox.add(b"event: message\ndata: ", prefix, body, _END)
 
     def flush(self) -> None:
         """Write every queued event in one call, or enforce the outbox limit while paused."""
-        if not self._outbox or self.transport is None:
+        outbox = self.outbox
+        if not outbox.frames or self.transport is None:
             return
         if self._closing:
-            self._outbox.clear()
-            self._outbox_frames = 0
+            outbox.clear()
             return
-        if self._paused:
-            if (
-                self._outbox_frames > self.outbox_limit
-                or outbox_bytes(self._outbox) > MAX_BUFFERED_BYTES
-            ):
-                self._outbox.clear()
-                self._outbox_frames = 0
-                self.app.overflowed(self)
-                self.close(CloseCode.SLOW_CONSUMER, "outbox overflow: reconnect and resume")
+        if outbox.overflowing:
+            outbox.clear()
+            self.app.overflowed(self)
+            self.close(CloseCode.SLOW_CONSUMER, "outbox overflow: reconnect and resume")
+            return
+        if outbox.paused:
             return
         if not self._started:
             self._start()
-        data = b"".join(self._outbox)
-        self._outbox.clear()
-        self._outbox_frames = 0
-        self.transport.write(data)
+        self.transport.write(outbox.take())
 
     def send(self, payload: bytes) -> None:
         """Send one control message (subscribed, snapshot, resync, error) as an event.
@@ -325,15 +299,14 @@ class SseConnection(asyncio.Protocol):
         """End the stream (the EventSource reconnects after ``retry``); abort if it stalls."""
         if self.transport is None or self._closing:
             return
-        if not self._paused:
+        if not self.outbox.paused:
             self.flush()
             if not self._started:
                 self._start()
             comment = f": close {code} {reason}".replace("\r", " ").replace("\n", " ")
             self.transport.write(comment.encode() + _END)
         self._closing = True
-        self._outbox.clear()
-        self._outbox_frames = 0
+        self.outbox.clear()
         self.transport.close()
         self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.abort)
 
@@ -347,8 +320,7 @@ class SseConnection(asyncio.Protocol):
         head = b"event: " + kind + b"\ndata: "
         if event_id is not None:
             head = b"id: " + event_id + b"\n" + head
-        self._outbox += (head, payload, _END)
-        self._outbox_frames += 1
+        self.outbox.add(head, payload, _END)
 
     def _subscribed_id(self, payload: bytes) -> bytes | None:
         """The resume id of a ``subscribed`` event, for a reconnect before any change.

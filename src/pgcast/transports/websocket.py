@@ -26,19 +26,14 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, State
 from websockets.server import ServerProtocol
 
+from ..protocol import CloseCode
 from .frames import text_frame, text_frame_header
 from .http import HttpError, HttpRequest, head_complete, parse_head
+from .outbox import Outbox
 
 logger = logging.getLogger("pgcast.transport")
 
 WRITE_HIGH_WATER = 256 * 1024
-# Bytes a paused connection may hold in its outbox besides the frame limit: a few
-# hundred changes of large rows are already a lot of memory.
-MAX_BUFFERED_BYTES = 32 * 1024 * 1024
-
-
-def outbox_bytes(outbox: list[bytes]) -> int:
-    return sum(len(piece) for piece in outbox)
 
 
 CLOSE_TIMEOUT = 5.0
@@ -90,12 +85,9 @@ class WebSocketConnection(asyncio.Protocol):
         self.request: Request | None = None
         self.peer: str = "?"
         self.session: object = None  # set by the gateway
-        self._outbox: list[bytes] = []
-        self._outbox_frames = 0
-        self._paused = False
+        self.outbox = Outbox(outbox_limit)
         self._upgraded = False
         self._close_timer: asyncio.TimerHandle | None = None
-        self._drain_waiters: list[asyncio.Future[None]] = []
         # The request head (and a plain request's body) until we know what it is.
         self._pending: bytearray | None = bytearray()
         self._plain: HttpRequest | None = None
@@ -134,25 +126,19 @@ class WebSocketConnection(asyncio.Protocol):
             self._close_timer.cancel()
         if self._http_task is not None:
             self._http_task.cancel()
-        self._outbox.clear()
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drain_waiters.clear()
+        self.outbox.clear()
+        self.outbox.release()
         if self._upgraded:
             self._upgraded = False
             self.app.closed(self)
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self.outbox.paused = True
 
     def resume_writing(self) -> None:
-        self._paused = False
+        self.outbox.paused = False
         self.flush()
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self.outbox.release()
 
     # outgoing ---------------------------------------------------------------------
 
@@ -163,54 +149,38 @@ class WebSocketConnection(asyncio.Protocol):
     @property
     def writable(self) -> bool:
         """False while the socket's buffer is over its high-water mark."""
-        return not self._paused
+        return not self.outbox.paused
 
     async def drained(self) -> None:
         """Return once the socket accepts writes again (immediately if it does now)."""
-        if not self._paused or self.transport is None or self.transport.is_closing():
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._drain_waiters.append(waiter)
-        await waiter
+        if self.transport is not None and not self.transport.is_closing():
+            await self.outbox.drained()
 
     def queue_change(self, prefix: bytes, body: bytes, change_id: int) -> None:
         """Queue one change message, ``prefix + body``; call flush() after a batch."""
-        self._outbox += (text_frame_header(len(prefix) + len(body)), prefix, body)
-        self._outbox_frames += 1
+        self.outbox.add(text_frame_header(len(prefix) + len(body)), prefix, body)
 
     def queue_message(self, prefix: bytes, body: bytes) -> None:
         """Queue one channel message, ``prefix + body``; call flush() after a batch."""
-        self._outbox += (text_frame_header(len(prefix) + len(body)), prefix, body)
-        self._outbox_frames += 1
+        self.outbox.add(text_frame_header(len(prefix) + len(body)), prefix, body)
 
     def queue_frame(self, frame: bytes) -> None:
-        self._outbox.append(frame)
-        self._outbox_frames += 1
+        self.outbox.add(frame)
 
     def flush(self) -> None:
         """Write every queued frame in one call, or enforce the outbox limit while paused."""
-        if not self._outbox or self.transport is None:
+        outbox = self.outbox
+        if not outbox.frames or self.transport is None:
             return
         if not self.is_open:
-            self._outbox.clear()
-            self._outbox_frames = 0
+            outbox.clear()
             return
-        if self._paused:
-            if (
-                self._outbox_frames > self.outbox_limit
-                or outbox_bytes(self._outbox) > MAX_BUFFERED_BYTES
-            ):
-                from ..protocol import CloseCode
-
-                self._outbox.clear()
-                self._outbox_frames = 0
-                self.app.overflowed(self)
-                self.close(CloseCode.SLOW_CONSUMER, "outbox overflow: reconnect and resume")
-            return
-        data = b"".join(self._outbox)
-        self._outbox.clear()
-        self._outbox_frames = 0
-        self.transport.write(data)
+        if outbox.overflowing:
+            outbox.clear()
+            self.app.overflowed(self)
+            self.close(CloseCode.SLOW_CONSUMER, "outbox overflow: reconnect and resume")
+        elif not outbox.paused:
+            self.transport.write(outbox.take())
 
     def send(self, payload: bytes) -> None:
         """Queue and flush one message (control messages: welcome, errors, acks)."""
@@ -314,7 +284,7 @@ class WebSocketConnection(asyncio.Protocol):
         for data in self.ws.data_to_send():
             if data:
                 # Control frames must not overtake queued change frames.
-                if self._outbox and self.ws.state is not State.CONNECTING:
+                if self.outbox.frames and self.ws.state is not State.CONNECTING:
                     self.flush()
                 self.transport.write(data)
             else:
