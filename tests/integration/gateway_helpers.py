@@ -77,3 +77,27 @@ async def ws_client(gateway: Gateway, **kwargs: Any) -> AsyncIterator[WsClient]:
         welcome = await client.recv()
         assert welcome["type"] == "welcome"
         yield client
+
+
+async def stalled_subscriber(
+    port: int, table: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw WebSocket client that subscribes to ``table`` and then reads nothing.
+
+    Returns once the `subscribed` ack was read, with the stream at a frame boundary;
+    the caller decides when (if ever) to read again.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    payload = orjson.dumps({"type": "subscribe", "id": "slow", "table": table})
+    mask = b"\x01\x02\x03\x04"  # client frames are masked
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    await writer.drain()
+    # the ack ends with the table name: the stream is then at a frame boundary
+    await asyncio.wait_for(reader.readuntil(f'"table":"{table}"}}'.encode()), TIMEOUT)
+    return reader, writer

@@ -28,7 +28,7 @@ from pgcast.config import Settings
 from pgcast.exceptions import PgcastError
 from pgcast.identifiers import parse_table_name
 
-from .gateway_helpers import TIMEOUT, WsClient
+from .gateway_helpers import TIMEOUT, WsClient, stalled_subscriber
 
 SETTINGS = {"poll_interval": 0.5, "probe_interval": 2.0}
 
@@ -209,18 +209,7 @@ async def test_client_that_stops_reading_is_closed_with_4001_and_others_unaffect
     async with serving(app) as server, ws(server.url("/ws", "ws")) as healthy:
         await healthy.subscribe("s", table="orders")
         # A client whose socket is read by nobody: its kernel buffers fill, then uvicorn's.
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        await reader.readuntil(b"\r\n\r\n")
-        payload = b'{"type":"subscribe","id":"slow","table":"orders"}'
-        mask = b"\x01\x02\x03\x04"
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
-        await writer.drain()
-        await asyncio.wait_for(reader.readuntil(b'"table":"orders"}'), TIMEOUT)
+        reader, writer = await stalled_subscriber(server.port, "orders")
         gateway = app.gateway
         _, stalled = gateway.clients  # in connection order
         note = "x" * 2000

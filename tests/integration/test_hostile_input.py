@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 from pgcast.capture.installer import track
 from pgcast.identifiers import parse_table_name
 
-from .gateway_helpers import TIMEOUT, running_gateway, ws_client
+from .gateway_helpers import TIMEOUT, running_gateway, stalled_subscriber, ws_client
 
 
 @pytest.fixture
@@ -108,21 +108,7 @@ async def test_client_that_stops_reading_is_closed_with_4001_and_others_unaffect
         ws_client(gateway) as healthy,
     ):
         await healthy.subscribe("s", table="orders")
-        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-        writer.write(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        await reader.readuntil(b"\r\n\r\n")
-        # subscribe (a masked client frame), then never read again
-        payload = b'{"type":"subscribe","id":"slow","table":"orders"}'
-        mask = b"\x01\x02\x03\x04"
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
-        await writer.drain()
-        # the subscribed ack ends with the table; the stream is then at a frame boundary
-        await asyncio.wait_for(reader.readuntil(b'"type":"subscribed"'), TIMEOUT)
-        await asyncio.wait_for(reader.readuntil(b'"table":"orders"}'), TIMEOUT)
+        reader, writer = await stalled_subscriber(gateway.port, "orders")
         _, stalled_conn = gateway.clients  # in connection order
         note = "x" * 2000
         async with asyncio.timeout(60):
@@ -183,16 +169,7 @@ async def test_one_huge_batch_to_a_stalled_client_does_not_pile_up_in_memory(
     """The outbox limit holds even when a single batch is larger than the socket can take."""
     async with running_gateway(database_url) as gateway, ws_client(gateway) as healthy:
         await healthy.subscribe("s", table="orders")
-        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-        writer.write(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        payload = b'{"type":"subscribe","id":"slow","table":"orders"}'
-        mask = b"\x01\x02\x03\x04"
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
-        await asyncio.wait_for(reader.readuntil(b'"table":"orders"}'), TIMEOUT)
+        reader, writer = await stalled_subscriber(gateway.port, "orders")
         _, stalled = gateway.clients
         # one statement: ~40 MB of changes, read by the gateway in 5,000-row batches
         await orders.execute(
