@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default 8000)")
     serve.add_argument("--channels", help="allowed raw NOTIFY channel patterns, comma-separated")
     serve.add_argument(
+        "--trusted-proxies",
+        help="proxy addresses or networks, comma-separated, whose X-Forwarded-For / "
+        "Forwarded header names the client (or PGCAST_TRUSTED_PROXIES)",
+    )
+    serve.add_argument(
         "--jwt-secret", help="HS256 secret tokens are signed with (or PGCAST_JWT_SECRET)"
     )
     serve.add_argument(
@@ -315,7 +320,13 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     from .pgbouncer import warn_if_broken
     from .server import serve
 
-    settings = _settings(args, host=args.host, port=args.port, channels=args.channels)
+    settings = _settings(
+        args,
+        host=args.host,
+        port=args.port,
+        channels=args.channels,
+        trusted_proxies=args.trusted_proxies,
+    )
     auth = load_auth_config(
         {"jwt_secret": args.jwt_secret, "anonymous": True if args.anonymous else None},
         config_file=args.config,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -29,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pgcast.client_address import Network, parse_networks
 from pgcast.exceptions import ConfigError
 
 __all__ = [
@@ -222,6 +224,32 @@ def _parse_max_subscriptions(value: object, label: str) -> int:
     )
 
 
+def _parse_trusted_proxies(value: object, label: str) -> tuple[Network, ...]:
+    items: Iterable[object]
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        raise _fail(label, value, "is not a list of proxy addresses or networks")
+    texts: list[str] = []
+    for item in items:
+        if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            item = str(item)
+        if not isinstance(item, str):
+            raise _fail(label, value, f"contains {item!r}, which is not an address or network")
+        texts.append(item)
+    try:
+        return parse_networks(texts)
+    except ValueError as err:
+        raise _fail(
+            label,
+            value,
+            f"is not a list of proxy addresses or networks ({err})",
+            hint='write addresses or CIDR networks, comma-separated: "10.0.0.5,192.168.0.0/16"',
+        ) from None
+
+
 def _parse_log_level(value: object, label: str) -> str:
     choices = ", ".join(LOG_LEVELS)
     if not isinstance(value, str):
@@ -248,6 +276,7 @@ _PARSERS: dict[str, _Parser] = {
     "probe_interval": _parse_seconds,
     "poll_interval": _parse_seconds,
     "log_level": _parse_log_level,
+    "trusted_proxies": _parse_trusted_proxies,
 }
 
 
@@ -266,6 +295,8 @@ class Settings:
     probe_interval: float = 5.0
     poll_interval: float = 1.0
     log_level: str = "info"
+    # Peers whose X-Forwarded-For / Forwarded name the client (see pgcast.client_address).
+    trusted_proxies: tuple[Network, ...] = ()
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

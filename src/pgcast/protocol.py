@@ -138,6 +138,12 @@ def _decode(message: dict[str, Any]) -> ClientMessage:
             )
         if not isinstance(payload, str):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "'payload' must be a string")
+        if "\x00" in payload:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                "'payload' must not contain NUL (\\u0000): PostgreSQL text cannot hold it",
+                hint="encode binary data, for example as base64",
+            )
         return Publish(_id(message), channel, payload)
     if kind == "auth":
         token = message.get("token")

@@ -29,6 +29,7 @@ from . import __version__, protocol
 from .auth import ANONYMOUS, AuthConfig, AuthError, Identity, RowRule, extract_token
 from .capture.installer import prune
 from .changelog import DATABASE_ERRORS, Replay, TableRows, replay, snapshot
+from .client_address import client_address, peer_address
 from .config import Settings
 from .events import ChangeEvent, Horizon
 from .exceptions import DatabaseUnavailable, ProtocolError
@@ -372,7 +373,9 @@ class Gateway:
     def overflowed(self, conn: ClientTransport) -> None:
         """A client's outbox overflowed; the transport is closing it (4001)."""
         self.overflows += 1
-        logger.info("closing slow client %s: outbox overflow (it resumes on reconnect)", conn.peer)
+        client = self.clients.get(conn)
+        who = _who(client) if client is not None else conn.peer
+        logger.info("closing slow client %s: outbox overflow (it resumes on reconnect)", who)
 
     def dispatch(self, changes: list[ChangeEvent]) -> None:
         """Route a batch of committed changes; one write per touched connection."""
@@ -464,11 +467,11 @@ class Gateway:
         limits = self.auth.limits
         if not limits.origin_allowed(request.headers.get("Origin")):
             return _refusal(403, "Forbidden", "forbidden", "this Origin may not connect")
-        ip = _ip(conn.peer)
+        ip = self.client_address(conn)
         if limits.max_connections_per_ip and self._per_ip[ip] >= limits.max_connections_per_ip:
             return _refusal(429, "Too Many Requests", "rate_limited", "too many connections")
-        token = extract_token(request.path, request.headers.raw_items())
         try:
+            token = extract_token(request.path, request.headers.raw_items())
             identity = (
                 None if token is None and self.auth.required else self.auth.authenticate(token)
             )
@@ -478,6 +481,12 @@ class Gateway:
             return _refusal(429, "Too Many Requests", "rate_limited", "too many connections")
         self._admitted[conn] = identity  # None: must send an auth message first
         return None
+
+    def client_address(self, conn: ClientTransport) -> str:
+        """The address ``conn`` counts under: its peer, or the client its trusted proxy names."""
+        request = conn.request
+        headers = request.headers.raw_items() if request is not None else ()
+        return client_address(conn.peer, headers, self.settings.trusted_proxies)
 
     def _subject_fits(self, identity: Identity) -> bool:
         limit = self.auth.limits.max_connections_per_subject
@@ -491,7 +500,7 @@ class Gateway:
             subscribe_rate=limits.subscribe_rate,
             publish_rate=limits.publish_rate,
         )
-        client = Client(conn, session, _ip(conn.peer))
+        client = Client(conn, session, self.client_address(conn))
         self.clients[conn] = client
         self._per_ip[client.ip] += 1
         if identity is None:
@@ -613,7 +622,7 @@ class Gateway:
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception("handling a message from %s failed", client.conn.peer)
+            logger.exception("handling a message from %s failed", _who(client))
             client.conn.close(CloseCode.INTERNAL_ERROR, "internal error: reconnect")
         finally:
             client.worker = None
@@ -652,9 +661,9 @@ class Gateway:
                 sub_id = message.id
                 await self._publish(client, message)
         except ProtocolError as exc:
+            # A malformed `auth` message too: the connection stays (docs/close-codes.md);
+            # one that never authenticates is still closed by its AUTH_TIMEOUT timer.
             conn.send(protocol.error(exc.code, str(exc), sub_id or exc.sub_id))
-            if exc.code == ErrorCode.UNAUTHORIZED:  # a malformed `auth` message
-                conn.close(CloseCode.UNAUTHORIZED, "a valid token is required")
 
     def _refresh_token(self, client: Client, token: str) -> None:
         """An `auth` message: authenticate, or swap in a fresh token for the same subject."""
@@ -722,7 +731,12 @@ class Gateway:
         try:
             await self._pool.execute("SELECT pg_notify($1, $2)", channel, message.payload)
         except DATABASE_ERRORS as exc:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, f"could not publish: {exc}") from None
+            # The payload was vetted above, so this is the database's state, not the
+            # client's input: the details go to the log, not to the client.
+            logger.warning("publish to %r failed: %s", channel, exc)
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, "could not publish: the database is unavailable; retry later"
+            ) from None
 
     async def _subscribe(self, client: Client, request: Subscribe) -> None:
         conn = client.conn
@@ -931,9 +945,11 @@ def _restrict(rule: RowRule, requested: Filter) -> tuple[RowRule | None, Filter]
     return rule, requested
 
 
-def _ip(peer: str) -> str:
-    """The address part of ``host:port`` (also for ``[v6]:port``)."""
-    return peer.rsplit(":", 1)[0]
+def _who(client: Client) -> str:
+    """A client for the logs: its address, and the proxy's when one forwarded it."""
+    if client.ip == peer_address(client.conn.peer):
+        return client.conn.peer
+    return f"{client.ip} (via {client.conn.peer})"
 
 
 def _refusal(status: int, reason: str, code: str, message: str) -> Response:

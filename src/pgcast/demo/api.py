@@ -2,12 +2,20 @@
 
 Handlers validate everything a client sends and answer clear 4xx errors as JSON
 (``{"error": "..."}``); values reach SQL only as parameters.
+
+Writes come only from the demo's own page: a browser lets any site POST a form or a
+``text/plain`` body to this API without asking (cross-site request forgery), so a
+write must carry ``Content-Type: application/json`` (which a foreign page can only
+send after a CORS preflight this API never grants) and, when the browser names its
+``Origin``, that origin must be the API's own host.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -28,6 +36,7 @@ FIELDS = ("customer_name", "product_name", "status")
 MAX_TEXT = 200
 _ITEM = re.compile(r"/api/orders/([0-9]{1,9})")
 _COLUMNS = "id, customer_name, product_name, status, updated_at"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 Reply = tuple[int, Any]
 
@@ -62,6 +71,8 @@ def _validate(body: bytes, *, partial: bool) -> dict[str, str]:
         value = data[name]
         if not isinstance(value, str) or not value.strip():
             raise ApiError(400, f"{name} must be a non-empty string")
+        if "\x00" in value:
+            raise ApiError(400, f"{name} must not contain NUL (\\u0000)")
         if len(value) > MAX_TEXT:
             raise ApiError(400, f"{name} must be at most {MAX_TEXT} characters")
         values[name] = value.strip()
@@ -76,9 +87,37 @@ def _validate(body: bytes, *, partial: bool) -> dict[str, str]:
     return values
 
 
-async def handle(pool: Any, method: str, path: str, body: bytes) -> Reply | None:
+def check_write(method: str, body: bytes, headers: Iterable[tuple[str, str]]) -> None:
+    """Refuse a write a foreign page could have sent (see the module docstring)."""
+    if method not in WRITE_METHODS:
+        return
+    found: dict[str, list[str]] = {}
+    for name, value in headers:
+        found.setdefault(name.lower(), []).append(value.strip())
+    origins = found.get("origin", [])
+    if origins:
+        hosts = found.get("host", [])
+        try:
+            parts = urlsplit(origins[0])
+            origin_host = parts.netloc.lower() if parts.scheme in ("http", "https") else None
+        except ValueError:
+            origin_host = None
+        if len(origins) > 1 or len(hosts) != 1 or origin_host != hosts[0].lower():
+            raise ApiError(403, "cross-origin writes are not allowed: Origin is not this host")
+    if body or method != "DELETE":
+        content_types = found.get("content-type", [])
+        media_type = content_types[0].partition(";")[0].strip().lower() if content_types else ""
+        if len(content_types) != 1 or media_type != "application/json":
+            raise ApiError(415, "send the body as JSON with Content-Type: application/json")
+
+
+async def handle(
+    pool: Any, method: str, path: str, body: bytes, headers: Iterable[tuple[str, str]]
+) -> Reply | None:
     """Answer an ``/api/orders`` request, or None if ``path`` is not the API's."""
     try:
+        if path.startswith("/api/"):
+            check_write(method, body, headers)
         if path in ("/api/orders", "/api/orders/"):
             return await _collection(pool, method, body)
         match = _ITEM.fullmatch(path)

@@ -26,6 +26,7 @@ from . import api
 # The browser client lives in the repository's clients/js (served as /js/...).
 JS_DIR = Path(__file__).resolve().parents[3] / "clients" / "js"
 _JS_FILES = {"/js/pgcast.js": "pgcast.js", "/js/react.js": "react.js"}
+_REASONS = {200: "OK", 201: "Created", 403: "Forbidden", 415: "Unsupported Media Type"}
 
 
 def _page() -> bytes:
@@ -45,13 +46,13 @@ def make_routes(pool: Any) -> Callable[[HttpRequest], Awaitable[Response | None]
                 body = b"// the JS client is missing: install pgcast from its repository (pip -e)"
                 return http_response(404, "Not Found", body, "text/javascript")
             return http_response(200, "OK", script.read_bytes(), "text/javascript; charset=utf-8")
-        reply = await api.handle(pool, request.method, request.path, request.body)
+        reply = await api.handle(pool, request.method, request.path, request.body, request.headers)
         if reply is None:
             return None
         status, payload = reply
         if status == 204:
             return http_response(204, "No Content", b"", "application/json")
-        reason = {200: "OK", 201: "Created"}.get(status, "Error")
+        reason = _REASONS.get(status, "Error")
         return http_response(status, reason, orjson.dumps(payload), "application/json")
 
     return routes
