@@ -50,6 +50,7 @@ RETRY_MS = 1000  # the reconnection delay the stream asks the EventSource for
 
 _TEXT_PARAMS = frozenset({"table", "schema", "channel", "filter", "since"})
 _LIST_PARAMS = frozenset({"events", "columns"})
+_SUBSCRIBE_PARAMS = _TEXT_PARAMS | _LIST_PARAMS | {"snapshot"}
 _ERROR_STATUS: dict[str, tuple[int, str]] = {
     ErrorCode.UNKNOWN_TABLE: (404, "Not Found"),
     ErrorCode.FORBIDDEN_CHANNEL: (403, "Forbidden"),
@@ -89,6 +90,8 @@ def subscribe_message(request: Request) -> dict[str, Any]:
     message: dict[str, Any] = {"type": "subscribe", "id": SUB_ID}
     seen: set[str] = set()
     for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in _SUBSCRIBE_PARAMS:
+            continue  # ``token`` is the admission's (several tokens: 401), the rest unknown
         if key in seen:
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST, f"query parameter {key!r} is given more than once"
