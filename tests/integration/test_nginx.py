@@ -12,6 +12,7 @@ Nothing sleeps a fixed time: readiness and frames are awaited with deadlines.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import re
@@ -29,6 +30,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
+from pgcast.auth import load_auth_config
 from pgcast.capture.installer import track
 from pgcast.client import connect
 from pgcast.config import Settings
@@ -78,7 +80,9 @@ def render_deploy_conf(text: str, listen_port: int, upstreams: list[int]) -> str
     return text[: upstream.start(1)] + servers + body + text[upstream.end(1) :]
 
 
-def nginx_conf(prefix: Path, listen_port: int, upstreams: list[int]) -> str:
+def nginx_conf(
+    prefix: Path, listen_port: int, upstreams: list[int], worker_connections: int = 256
+) -> str:
     site = render_deploy_conf(DEPLOY_CONF.read_text(), listen_port, upstreams)
     temp = "\n".join(
         f"    {kind}_temp_path {prefix / kind};"
@@ -88,7 +92,7 @@ def nginx_conf(prefix: Path, listen_port: int, upstreams: list[int]) -> str:
 worker_processes 1;
 pid {prefix / "nginx.pid"};
 error_log {prefix / "error.log"} info;
-events {{ worker_connections 256; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
     access_log {prefix / "access.log"};
 {temp}
@@ -107,19 +111,21 @@ class Nginx:
         return path.read_text() if path.exists() else ""
 
 
-def prepare_prefix(upstreams: list[int]) -> tuple[Path, int, Path]:
+def prepare_prefix(upstreams: list[int], worker_connections: int) -> tuple[Path, int, Path]:
     prefix = Path(tempfile.mkdtemp(prefix="pgcast-nginx-"))
     prefix.chmod(0o755)  # nginx's workers drop root (to nobody) when the test runs as root
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_conf(prefix, port, upstreams))
+    conf.write_text(nginx_conf(prefix, port, upstreams, worker_connections))
     return prefix, port, conf
 
 
 @contextlib.asynccontextmanager
-async def running_nginx(upstreams: list[int]) -> AsyncIterator[Nginx]:
+async def running_nginx(
+    upstreams: list[int], worker_connections: int = 256
+) -> AsyncIterator[Nginx]:
     binary = nginx_binary()
-    prefix, port, conf = prepare_prefix(upstreams)
+    prefix, port, conf = prepare_prefix(upstreams, worker_connections)
     base = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
     test = await asyncio.create_subprocess_exec(
         *base, "-t", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
@@ -315,3 +321,120 @@ def test_render_keeps_everything_but_listen_and_servers() -> None:
     assert "server 127.0.0.1:9002 max_fails=1 fail_timeout=5s;" in rendered
     for directive in ("proxy_buffering off;", "proxy_read_timeout 1h;", "keepalive 16;"):
         assert rendered.count(directive) == text.count(directive)
+
+
+# --- the client address behind nginx (trusted_proxies) ---------------------------------
+
+NGINX_ADDRESS = "127.0.0.1"  # nginx connects to the gateway from here
+HANDSHAKE = (
+    "GET /ws HTTP/1.1\r\nHost: changes.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+@dataclass
+class RawSocket:
+    """A WebSocket opened by hand from a chosen local address, held open, never read."""
+
+    status: int
+    writer: asyncio.StreamWriter
+
+
+async def open_ws(port: int, source: str, headers: str = "") -> RawSocket:
+    """Open /ws from ``source`` (any 127.x.y.z is loopback on Linux); on 101, return only
+    once the gateway's welcome arrived, that is once it counted the connection."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, local_addr=(source, 0), limit=2**16
+    )
+    writer.write((HANDSHAKE + headers + "\r\n").encode())
+    async with asyncio.timeout(TIMEOUT):
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        if status == 101:
+            first, length = await reader.readexactly(2)
+            assert first == 0x81 and length < 126, (first, length)
+            welcome = orjson.loads(await reader.readexactly(length))
+            assert welcome["type"] == "welcome", welcome
+    if status != 101:
+        writer.close()
+    return RawSocket(status, writer)
+
+
+def loopback(n: int) -> str:
+    """The n-th of many distinct client addresses (127.1.0.0/16)."""
+    return f"127.1.{n // 250}.{n % 250 + 1}"
+
+
+async def test_1500_clients_through_nginx_each_count_under_their_own_address(
+    database_url: str,
+) -> None:
+    """max_connections_per_ip at its default (1000) caps each client, not the whole node."""
+    clients = 1500
+    auth = load_auth_config({"max_connections_per_ip": 1000}, env={})
+    sockets: list[RawSocket] = []
+    async with (
+        running_gateway(database_url, auth=auth, trusted_proxies=NGINX_ADDRESS) as gateway,
+        running_nginx([gateway.port], worker_connections=4 * clients) as nginx,
+    ):
+        gate = asyncio.Semaphore(100)  # under nginx's listen backlog (511)
+
+        async def one(n: int) -> RawSocket:
+            async with gate:
+                return await open_ws(nginx.port, loopback(n))
+
+        try:
+            results = await asyncio.gather(
+                *(one(n) for n in range(clients)), return_exceptions=True
+            )
+            sockets = [sock for sock in results if isinstance(sock, RawSocket)]
+            failed = [repr(exc) for exc in results if isinstance(exc, BaseException)]
+            assert not failed, f"{len(failed)} failed: {failed[:3]}\n{nginx.log()[-2000:]}"
+            statuses = collections.Counter(sock.status for sock in sockets)
+            assert statuses == {101: clients}, statuses
+            assert gateway.health()["clients"] == clients
+        finally:
+            for sock in sockets:
+                sock.writer.close()
+        assert "worker_connections are not enough" not in nginx.log()
+
+
+async def test_a_client_cannot_choose_the_address_it_counts_under(database_url: str) -> None:
+    """Through nginx or straight to the gateway, forged X-Forwarded-For / Forwarded
+    headers leave a client counted under its own address; without trusted_proxies,
+    everyone behind nginx shares nginx's address (the issue this setting solves)."""
+    limit = 2
+    auth = load_auth_config({"max_connections_per_ip": limit}, env={})
+    held: list[RawSocket] = []
+
+    def forged(n: int) -> str:
+        return f"X-Forwarded-For: 198.51.100.{n}\r\nForwarded: for=198.51.100.{n}\r\n"
+
+    async def statuses(port: int, source: str, count: int) -> list[int]:
+        opened = [await open_ws(port, source, forged(n)) for n in range(count)]
+        held.extend(opened)
+        return [sock.status for sock in opened]
+
+    try:
+        async with (
+            running_gateway(database_url, auth=auth, trusted_proxies=NGINX_ADDRESS) as gateway,
+            running_nginx([gateway.port]) as nginx,
+        ):
+            # Through nginx: each forged connection still counts under 127.0.0.3 ...
+            assert await statuses(nginx.port, "127.0.0.3", limit + 1) == [101, 101, 429]
+            # ... not under nginx's address: another client is still admitted.
+            assert await statuses(nginx.port, "127.0.0.4", 1) == [101]
+            # Straight to the gateway, from an address that is not a trusted proxy.
+            assert await statuses(gateway.port, "127.0.0.5", limit + 1) == [101, 101, 429]
+            assert gateway.health()["clients"] == 2 * limit + 1
+        async with (
+            running_gateway(database_url, auth=auth) as untrusting,
+            running_nginx([untrusting.port]) as nginx,
+        ):
+            # No trusted_proxies: three clients behind nginx are one address to the gateway.
+            assert [
+                (await statuses(nginx.port, source, 1))[0]
+                for source in ("127.0.0.3", "127.0.0.4", "127.0.0.5")
+            ] == [101, 101, 429]
+    finally:
+        for sock in held:
+            sock.writer.close()
