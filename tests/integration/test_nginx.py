@@ -360,6 +360,19 @@ async def open_ws(port: int, source: str, headers: str = "") -> RawSocket:
     return RawSocket(status, writer)
 
 
+async def sse_status(port: int, source: str, headers: str) -> int:
+    """The status of a ``GET /sse`` for a raw channel from ``source`` (the stream is closed)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        request = "GET /sse?channel=system_notifications HTTP/1.1\r\nHost: changes.test\r\n"
+        writer.write((request + headers + "\r\n").encode())
+        async with asyncio.timeout(TIMEOUT):
+            head = await reader.readuntil(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1])
+    finally:
+        writer.close()
+
+
 def loopback(n: int) -> str:
     """The n-th of many distinct client addresses (127.1.0.0/16)."""
     return f"127.1.{n // 250}.{n % 250 + 1}"
@@ -414,6 +427,12 @@ async def test_a_client_cannot_choose_the_address_it_counts_under(database_url: 
         held.extend(opened)
         return [sock.status for sock in opened]
 
+    def release() -> None:
+        """Close the held sockets before their gateway stops (it would wait for them)."""
+        for sock in held:
+            sock.writer.close()
+        held.clear()
+
     try:
         async with (
             running_gateway(database_url, auth=auth, trusted_proxies=NGINX_ADDRESS) as gateway,
@@ -423,9 +442,12 @@ async def test_a_client_cannot_choose_the_address_it_counts_under(database_url: 
             assert await statuses(nginx.port, "127.0.0.3", limit + 1) == [101, 101, 429]
             # ... not under nginx's address: another client is still admitted.
             assert await statuses(nginx.port, "127.0.0.4", 1) == [101]
+            # An SSE stream counts under the same address as the client's WebSockets.
+            assert await sse_status(nginx.port, "127.0.0.3", forged(9)) == 429
+            assert await sse_status(nginx.port, "127.0.0.6", forged(9)) == 200
             # Straight to the gateway, from an address that is not a trusted proxy.
             assert await statuses(gateway.port, "127.0.0.5", limit + 1) == [101, 101, 429]
-            assert gateway.health()["clients"] == 2 * limit + 1
+            release()
         async with (
             running_gateway(database_url, auth=auth) as untrusting,
             running_nginx([untrusting.port]) as nginx,
@@ -435,6 +457,6 @@ async def test_a_client_cannot_choose_the_address_it_counts_under(database_url: 
                 (await statuses(nginx.port, source, 1))[0]
                 for source in ("127.0.0.3", "127.0.0.4", "127.0.0.5")
             ] == [101, 101, 429]
+            release()
     finally:
-        for sock in held:
-            sock.writer.close()
+        release()
