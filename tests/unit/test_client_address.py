@@ -165,3 +165,12 @@ def test_bad_trusted_proxies_are_refused_with_the_source_named(value: object) ->
     if isinstance(value, str):
         with pytest.raises(ConfigError, match="PGCAST_TRUSTED_PROXIES"):
             load_settings(env={"PGCAST_TRUSTED_PROXIES": value})
+
+
+def test_serve_takes_trusted_proxies_from_its_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgcast.cli import _settings, build_parser
+
+    monkeypatch.delenv("PGCAST_TRUSTED_PROXIES", raising=False)
+    args = build_parser().parse_args(["serve", "--trusted-proxies", "10.0.0.0/8,::1"])
+    settings = _settings(args, trusted_proxies=args.trusted_proxies)
+    assert settings.trusted_proxies == parse_networks(["10.0.0.0/8", "::1"])
