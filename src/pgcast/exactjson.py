@@ -9,9 +9,12 @@ literal or a tenant claim admits rows of other tenants (2**64 + 1 reads as 2**64
 
 So every number a filter or a rule may compare is an ``int`` (exact, any size that
 ``int`` accepts) or a ``decimal.Decimal`` (exact, any size): orjson, which is about
-seven times faster, is tried first and its result kept only when it holds no float
+seven times faster, is tried first and its result kept as is when it holds no float
 at the top level (the only level a filter or a rule reads), which is exactly when
-it could be lossy there. Text sent to clients is never rebuilt from parsed numbers:
+it could be lossy there. A row that does hold one (a price of 12.50) is re-read
+exactly only when a filter or rule reads one of its floats (:class:`ExactOnRead`),
+so a table with decimal columns costs no more than one without until its decimal
+columns are filtered on. Text sent to clients is never rebuilt from parsed numbers:
 it is PostgreSQL's text, spliced as is, or (:func:`project_row`) re-assembled with
 each number's original text.
 """
@@ -27,7 +30,15 @@ import orjson
 
 from .exceptions import RowImageError
 
-__all__ = ["Number", "dumps", "exact_loads", "loads_claims", "parse_row", "project_row"]
+__all__ = [
+    "ExactOnRead",
+    "Number",
+    "dumps",
+    "exact_loads",
+    "loads_claims",
+    "parse_row",
+    "project_row",
+]
 
 Number = int | Decimal
 """What an exact parse makes of a JSON number."""
@@ -77,22 +88,55 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_fragment)
 
 
+class ExactOnRead(dict[str, Any]):
+    """A row parsed by orjson that holds top-level floats: ``get`` (what filters and
+    rules read through) re-reads the whole row exactly the first time it would
+    return a float, so no lossy value is ever compared.
+
+    Raises RowImageError from ``get`` when the exact reading fails.
+    """
+
+    __slots__ = ("_text",)
+
+    def __init__(self, parsed: dict[str, Any], text: str) -> None:
+        super().__init__(parsed)
+        self._text = text
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = dict.get(self, key, default)
+        if type(value) is float:
+            self.update(_read_exactly(self._text))
+            value = dict.get(self, key, default)
+        return value
+
+    def __getitem__(self, key: str) -> Any:
+        value = dict.__getitem__(self, key)
+        if type(value) is float:
+            self.update(_read_exactly(self._text))
+            value = dict.__getitem__(self, key)
+        return value
+
+
+def _read_exactly(text: str) -> Any:
+    try:
+        return exact_loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise RowImageError(f"row image cannot be read: {str(exc)[:200]}") from None
+
+
 def parse_row(text: str) -> Any:
-    """A row image (a JSON object) with exact top-level numbers (see module doc).
+    """A row image (a JSON object) whose top-level numbers read exactly (see module doc).
 
     Raises RowImageError when the text cannot be read at all.
     """
     try:
         row = orjson.loads(text)
     except orjson.JSONDecodeError:
-        pass  # a number beyond the float range, or nesting beyond orjson's limit
-    else:
-        if type(row) is not dict or float not in map(type, row.values()):
-            return row
-    try:
-        return exact_loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise RowImageError(f"row image cannot be read: {str(exc)[:200]}") from None
+        # A number beyond the float range, or nesting beyond orjson's limit.
+        return _read_exactly(text)
+    if type(row) is dict and float in map(type, row.values()):
+        return ExactOnRead(row, text)
+    return row
 
 
 def project_row(text: str, columns: Iterable[str]) -> str:
