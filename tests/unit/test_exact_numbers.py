@@ -170,3 +170,13 @@ def test_token_claims_are_read_exactly_and_bind_rules_exactly() -> None:
         # Claims are written back exactly (row-level security's request.jwt.claims).
         assert f'"m":{claim}'.encode() in dumps(dict(identity.claims)).lower()
     assert verify({"m": BIG}).claims["m"] == BIG
+
+
+def test_python_client_and_hooks_read_numbers_beyond_a_float() -> None:
+    from pgcast.client._connection import _decode
+    from pgcast.hooks import decode
+
+    frame = _decode('{"type": "change", "record": {"a": 1e400, "b": ' + HUGE + "}}")
+    assert frame is not None
+    assert frame["record"] == {"a": Decimal("1e400"), "b": Decimal(HUGE)}
+    assert decode(change('{"a": 1e400}'))["record"] == {"a": Decimal("1e400")}
