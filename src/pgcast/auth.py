@@ -41,6 +41,7 @@ import tomllib
 import types
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -49,6 +50,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from .config import ENV_PREFIX, find_config_file
+from .exactjson import loads_claims
 from .exceptions import ConfigError, IdentifierError, PgcastError
 from .filters import Condition
 from .identifiers import parse_identifier, parse_table_name
@@ -260,9 +262,33 @@ def _number_claim(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
+    if isinstance(value, Decimal):
+        value = float(value)  # seconds: a float is precise enough, and inf is refused below
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**15:
+        value = math.inf
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise AuthError(f"token claim {name!r} is not a number of seconds since 1970")
     return float(value)
+
+
+class _ExactClaims(jwt.PyJWT):
+    """PyJWT reading the payload with exact numbers (see exactjson).
+
+    PyJWT's json.loads makes 12345678901234567890.5 a float and refuses integers of
+    more than 4,300 digits; a claim compared with a tenant column must be exact.
+    """
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        try:
+            payload = loads_claims(decoded["payload"])
+        except (ValueError, RecursionError) as exc:
+            raise jwt.DecodeError(f"Invalid payload string: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise jwt.DecodeError("Invalid payload string: must be a json object")
+        return payload
+
+
+_JWT: Final = _ExactClaims()
 
 
 class TokenVerifier:
@@ -307,7 +333,7 @@ class TokenVerifier:
             ) from None
         key = self._select_key(header)
         try:
-            claims = jwt.decode(
+            claims = _JWT.decode(
                 token,
                 key.key,
                 algorithms=list(key.algorithms),
@@ -726,8 +752,8 @@ def _literal(value: Any) -> str | None:
     """A claim value as a filter literal, or None when it cannot equal a column value."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int | Decimal):
+        return str(value)  # exact; a Decimal's str is a JSON number ("1E+400")
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else None
     if isinstance(value, str):

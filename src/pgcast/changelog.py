@@ -329,7 +329,7 @@ async def snapshot(
             await conn.execute(f"SET LOCAL ROLE {quote_ident(role)}")
         chunk: list[str] = []
         async for row in conn.cursor(
-            f"SELECT to_jsonb(t)::text AS row FROM {relation} t",
+            f"SELECT to_jsonb(t.*)::text AS row FROM {relation} t",
             prefetch=chunk_size,
             timeout=timeout,
         ):

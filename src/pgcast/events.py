@@ -4,7 +4,7 @@ A change is encoded once per distinct column projection and the bytes are shared
 every subscriber it is delivered to; only the short ``{"type":"change","sub":...,``
 prefix differs per subscription. Row images arrive from PostgreSQL as JSON text and
 are spliced into the encoding untouched; they are parsed lazily, only when a filter
-needs a value.
+or a row rule needs a value, and then exactly (see exactjson).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from .exactjson import parse_row, project_row
 
 OPS = frozenset({"INSERT", "UPDATE", "DELETE", "TRUNCATE"})
 
@@ -25,16 +27,6 @@ HIDDEN, FULL, AS_INSERT, AS_DELETE = 0, 1, 2, 3
 View = int
 
 Row = dict[str, Any]
-
-
-def _loads(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        # orjson rejects integers beyond 64 bits, which numeric columns can hold.
-        import json
-
-        return json.loads(text)
 
 
 class ChangeEvent:
@@ -115,16 +107,19 @@ class ChangeEvent:
 
     @property
     def record(self) -> Row | None:
-        """The new row image (INSERT, UPDATE), parsed on first use."""
+        """The new row image (INSERT, UPDATE), parsed exactly on first use.
+
+        Raises RowImageError when the image cannot be read (see exactjson).
+        """
         if self._record is None and self.record_json is not None:
-            self._record = _loads(self.record_json)
+            self._record = parse_row(self.record_json)
         return self._record
 
     @property
     def old_record(self) -> Row | None:
-        """The old row image (UPDATE, DELETE), parsed on first use."""
+        """The old row image (UPDATE, DELETE), parsed exactly on first use."""
         if self._old_record is None and self.old_record_json is not None:
-            self._old_record = _loads(self.old_record_json)
+            self._old_record = parse_row(self.old_record_json)
         return self._old_record
 
     def body(self, columns: frozenset[str] | None = None, view: View = FULL) -> bytes:
@@ -144,8 +139,8 @@ class ChangeEvent:
             record = self.record_json or "null"
             old_record = self.old_record_json or "null"
         else:
-            record = _project(self.record, columns)
-            old_record = _project(self.old_record, columns)
+            record = _project(self.record_json, columns)
+            old_record = _project(self.old_record_json, columns)
         if view == AS_INSERT:
             op, old_record, changed = "INSERT", "null", None
         elif view == AS_DELETE:
@@ -190,10 +185,9 @@ def _table_fields(schema: str, table: str) -> str:
     return fields
 
 
-def _project(row: Row | None, columns: frozenset[str]) -> str:
-    if row is None:
-        return "null"
-    return orjson.dumps({k: v for k, v in row.items() if k in columns}).decode()
+def _project(row: str | None, columns: frozenset[str]) -> str:
+    # From the text, not the parsed row: numbers keep PostgreSQL's exact text.
+    return "null" if row is None else project_row(row, columns)
 
 
 def subscription_prefix(sub: str) -> bytes:

@@ -7,6 +7,7 @@
     ├── IdentifierError      a table or channel name that cannot be used safely
     ├── CaptureError         track / untrack / prune could not be applied
     ├── DatabaseUnavailable  no PostgreSQL reachable (or embedded one failed to start)
+    ├── RowImageError        a row image that cannot be read to evaluate a filter or rule
     └── ProtocolError        a client frame the gateway refuses (carries a wire `code`)
         └── FilterError      a subscription filter that cannot be parsed or applied
 
@@ -45,6 +46,14 @@ class CaptureError(PgcastError):
 
 class DatabaseUnavailable(PgcastError):
     """PostgreSQL could not be reached or started."""
+
+
+class RowImageError(PgcastError):
+    """A row image (JSON text from the change log or a snapshot) cannot be read.
+
+    The change or row is then withheld from every subscription whose filter or row
+    rule would have to read it (fail closed), and counted.
+    """
 
 
 class ProtocolError(PgcastError):

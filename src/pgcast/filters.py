@@ -5,8 +5,12 @@
 Conditions are joined with ``&`` (AND). Operators: ``eq neq lt lte gt gte in is``,
 each optionally negated with ``not.`` (``status=not.eq.shipped``). Values are compared
 with the type of the row's value: numbers numerically, strings as strings, booleans
-as ``true``/``false``. A NULL column matches only ``is.null`` (SQL semantics: NULL is
-neither equal nor unequal to anything).
+as ``true``/``false``. Numbers compare exactly: row values are ``int`` or
+``Decimal`` (see exactjson) and so are numeric literals, whatever their size.
+``to_jsonb`` writes the numeric and float values NaN, Infinity and -Infinity as
+strings; compared with a numeric literal they are ordered as PostgreSQL orders them
+(NaN above every number, equal only to itself). A NULL column matches only
+``is.null`` (SQL semantics: NULL is neither equal nor unequal to anything).
 
 Matching is a pure function of a row. ``eq`` conditions also yield index keys, so
 the hub finds candidate subscriptions by hash lookup instead of scanning them all.
@@ -14,10 +18,10 @@ the hub finds candidate subscriptions by hash lookup instead of scanning them al
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .exceptions import FilterError
@@ -174,20 +178,37 @@ _INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
 
-def _number(literal: str) -> int | float | None:
-    """A strict JSON-style number: no ``_``, spaces, ``+`` or leading zeros.
+_INT_DIGITS = 4000  # below Python's int() limit of 4,300 digits; longer ones are Decimal
+
+# How PostgreSQL orders the non-finite values that to_jsonb writes as strings:
+# -Infinity below every number, Infinity above, NaN above everything (and equal to NaN).
+_NON_FINITE = {"-Infinity": (-1, 0), "Infinity": (1, 0), "NaN": (1, 1)}
+
+
+def _number(literal: str) -> int | Decimal | None:
+    """A strict JSON-style number, exact: no ``_``, spaces, ``+`` or leading zeros.
 
     Python's int()/float() accept "7_0", " 70", "+70" and "0070" as 70; a token
-    claim like that must not match tenant 70's rows.
+    claim like that must not match tenant 70's rows. Never a float: 0.1 must not
+    equal 0.1000000000000000001, nor 2**64 equal 2**64 + 1.
     """
     if _INTEGER.fullmatch(literal):
-        return int(literal)
+        return int(literal) if len(literal) <= _INT_DIGITS else Decimal(literal)
     if not _DECIMAL.fullmatch(literal) or (
         literal.lstrip("-")[:1] == "0" and literal.lstrip("-")[1:2].isdigit()
     ):
         return None
-    number = float(literal)
-    return number if math.isfinite(number) else None
+    try:
+        return Decimal(literal)
+    except InvalidOperation:  # an exponent beyond what Decimal represents
+        return None
+
+
+_NUMBERS = (int, Decimal, float)  # a tuple: isinstance with an `a | b` union is slower
+
+
+def _order(a: Any, b: Any) -> int:
+    return int(a > b) - int(a < b)
 
 
 def _compare(value: Any, literal: str) -> int | None:
@@ -195,15 +216,22 @@ def _compare(value: Any, literal: str) -> int | None:
     if isinstance(value, bool):
         if literal not in ("true", "false"):
             return None
-        other = literal == "true"
-        return (value > other) - (value < other)
-    if isinstance(value, int | float):
+        return _order(value, literal == "true")
+    if isinstance(value, _NUMBERS):
         number = _number(literal)
         if number is None:
             return None
-        return (value > number) - (value < number)
+        return _order(value, number)
     if isinstance(value, str):
-        return (value > literal) - (value < literal)
+        special = _NON_FINITE.get(value)
+        if special is not None:
+            number = _number(literal)
+            if number is not None:
+                return special[0]
+            other = _NON_FINITE.get(literal)
+            if other is not None:
+                return _order(special, other)
+        return _order(value, literal)
     return None
 
 
@@ -250,7 +278,7 @@ def value_key(value: Any) -> IndexKey | None:
     """The index key of a row value, or None when it cannot equal any literal."""
     if isinstance(value, bool):
         return ("b", value)
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBERS):
         return ("n", value)
     if isinstance(value, str):
         return ("s", value)

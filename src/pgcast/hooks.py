@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from .events import OPS, ChangeEvent
+from .exactjson import exact_loads
 from .metrics import Registry
 
 logger = logging.getLogger("pgcast.hooks")
@@ -56,8 +57,16 @@ class Hook:
 
 
 def decode(change: ChangeEvent) -> Change:
-    """The change as a subscriber receives it, without ``type`` and ``sub``."""
-    decoded: Change = orjson.loads(b"{" + change.body())
+    """The change as a subscriber receives it, without ``type`` and ``sub``.
+
+    Numbers orjson cannot hold (1e400, more than 64-bit integers in some builds)
+    are read exactly (int or Decimal) rather than failing the hook call.
+    """
+    text = b"{" + change.body()
+    try:
+        decoded: Change = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        decoded = exact_loads(text)
     return decoded
 
 

@@ -178,6 +178,23 @@ class Subscription:
             return AS_DELETE  # the row left view
         return HIDDEN
 
+    def view_unread(self, change: ChangeEvent) -> View:
+        """How this subscription sees ``change`` without reading its row images.
+
+        For a change whose images cannot be read (RowImageError): FULL only where
+        nothing has to be read (no filter, no row rule: the text is passed through
+        as PostgreSQL wrote it); HIDDEN wherever a filter or a rule would have to
+        decide (fail closed).
+        """
+        op = change.op
+        if op not in self.events:
+            return HIDDEN
+        if self.horizon is not None and not self.horizon.is_after(change):
+            return HIDDEN
+        if op == "TRUNCATE" or (self.rule is None and not self.filter.conditions):
+            return FULL
+        return HIDDEN
+
     def wants(self, change: ChangeEvent) -> bool:
         """Whether this subscription receives ``change`` at all (replays, snapshots)."""
         return self.view(change) != HIDDEN
@@ -242,7 +259,11 @@ class Hub:
             del self._tables[key]
 
     def match(self, change: ChangeEvent) -> list[tuple[Subscription, View]]:
-        """The subscriptions that must receive ``change``, each with how it sees it."""
+        """The subscriptions that must receive ``change``, each with how it sees it.
+
+        Raises RowImageError when a row image that a filter or rule must read cannot
+        be read; route the change with ``match_unread`` then.
+        """
         index = self._tables.get((change.schema, change.table))
         if index is None:
             return []
@@ -279,6 +300,15 @@ class Hub:
             if view:
                 routed.append((sub, view))
         return routed
+
+    def match_unread(self, change: ChangeEvent) -> list[tuple[Subscription, View]]:
+        """``match`` for a change whose row images cannot be read (never raises):
+        only the subscriptions that need not read them (Subscription.view_unread)."""
+        index = self._tables.get((change.schema, change.table))
+        if index is None:
+            return []
+        routed = ((sub, sub.view_unread(change)) for sub in index.everything)
+        return [(sub, view) for sub, view in routed if view]
 
     def tables(self) -> Iterator[TableKey]:
         return iter(self._tables)

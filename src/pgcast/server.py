@@ -25,14 +25,15 @@ import asyncpg
 import orjson
 from websockets.http11 import Request, Response
 
-from . import __version__, protocol
+from . import __version__, exactjson, protocol
 from .auth import ANONYMOUS, AuthConfig, AuthError, Identity, RowRule, extract_token
 from .capture.installer import prune
 from .changelog import DATABASE_ERRORS, Replay, TableRows, replay, snapshot
 from .client_address import client_address, peer_address
 from .config import Settings
 from .events import ChangeEvent, Horizon
-from .exceptions import DatabaseUnavailable, ProtocolError
+from .exactjson import parse_row, project_row
+from .exceptions import DatabaseUnavailable, ProtocolError, RowImageError
 from .filters import MATCH_ALL, Filter
 from .hooks import ChangeHooks, HookFunction
 from .hub import Hub, Subscription
@@ -45,6 +46,7 @@ from .transports.http import HttpRequest
 from .transports.sse import SUB_ID as SSE_SUB_ID
 from .transports.sse import HttpConnection
 from .transports.websocket import WebSocketConnection, http_response
+from .unreadable import UnreadableRows
 
 logger = logging.getLogger("pgcast.server")
 
@@ -183,6 +185,7 @@ class Gateway:
         self.changes_in = 0
         self.deliveries_out = 0
         self.overflows = 0
+        self.unreadable = UnreadableRows()
         self._pool: Any = None
         self._catalog: Catalog | None = None
         self._server: asyncio.Server | None = None
@@ -330,6 +333,11 @@ class Gateway:
             lambda: self.overflows,
         )
         registry.counter(
+            "pgcast_unreadable_rows_total",
+            "Changes and snapshot rows withheld because a row image could not be read.",
+            lambda: self.unreadable.count,
+        )
+        registry.counter(
             "pgcast_listener_reconnects_total",
             "LISTEN connection reconnects.",
             lambda: self.listener.reconnects,
@@ -378,18 +386,32 @@ class Gateway:
         logger.info("closing slow client %s: outbox overflow (it resumes on reconnect)", who)
 
     def dispatch(self, changes: list[ChangeEvent]) -> None:
-        """Route a batch of committed changes; one write per touched connection."""
+        """Route a batch of committed changes; one write per touched connection.
+
+        A change that cannot be routed or encoded costs only itself: it is withheld
+        where it would be evaluated (see unreadable.py), the rest of the batch goes on.
+        """
         started = time.perf_counter()
         touched: set[ClientTransport] = set()
         match = self.hub.match
         deliveries = 0
         for change in changes:
-            for sub, view in match(change):
+            try:
+                routed = match(change)
+            except Exception as exc:
+                self.unreadable.withheld(_describe(change), exc)
+                routed = self.hub.match_unread(change)
+            for sub, view in routed:
                 if sub.buffer is not None:
                     sub.buffer.append(change)
                     continue
+                try:
+                    body = change.body(sub.columns, view)
+                except RowImageError as exc:  # a column projection must read the row
+                    self.unreadable.withheld(_describe(change), exc)
+                    continue
                 conn: ClientTransport = sub.owner
-                conn.queue_change(sub.prefix, change.body(sub.columns, view), change.id)
+                conn.queue_change(sub.prefix, body, change.id)
                 touched.add(conn)
                 deliveries += 1
         for conn in touched:
@@ -820,7 +842,7 @@ class Gateway:
         identity = client.session.identity
         if self.auth.rls_role is None or identity is None:
             return None
-        return self.auth.rls_role, orjson.dumps(dict(identity.claims)).decode()
+        return self.auth.rls_role, exactjson.dumps(dict(identity.claims)).decode()
 
     async def _catch_up(
         self,
@@ -848,7 +870,7 @@ class Gateway:
                 continue
             if isinstance(item, TableRows):
                 snapshot_at = item.horizon
-                rows = _select_rows(item.rows, sub, keep)
+                rows = _select_rows(item.rows, sub, keep, self.unreadable)
                 rows_sent += len(rows)
                 position = item.horizon.encode()
                 conn.send(
@@ -859,9 +881,9 @@ class Gateway:
                 part += 1
             else:
                 for change in item:
-                    view = sub.view(change)
-                    if view:
-                        conn.queue_change(sub.prefix, change.body(sub.columns, view), change.id)
+                    body = self._encode_for(sub, change)
+                    if body is not None:
+                        conn.queue_change(sub.prefix, body, change.id)
                         sent.add(change.id)
                 conn.flush()
             await conn.drained()
@@ -869,13 +891,28 @@ class Gateway:
         # buffered changes and late ones from a lagging listener count only after it.
         horizon = horizon or snapshot_at
         for change in sub.finish_catch_up(sent, horizon.is_after if horizon else None):
-            conn.queue_change(sub.prefix, change.body(sub.columns, sub.view(change)), change.id)
+            body = self._encode_for(sub, change)
+            if body is not None:
+                conn.queue_change(sub.prefix, body, change.id)
         conn.flush()
         sub.horizon = horizon
         self.deliveries_out += len(sent)
         if snapshot_at is not None:
             return {"snapshot_rows": rows_sent, "position": snapshot_at.encode()}
         return {"replayed": len(sent)}
+
+    def _encode_for(self, sub: Subscription, change: ChangeEvent) -> bytes | None:
+        """``change`` as ``sub`` sees it (None: hidden); an unreadable one is withheld
+        where it would be evaluated, as in dispatch."""
+        try:
+            view = sub.view(change)
+            return change.body(sub.columns, view) if view else None
+        except RowImageError as exc:
+            self.unreadable.withheld(_describe(change), exc)
+            view = sub.view_unread(change)
+            if not view or sub.columns is not None:
+                return None
+            return change.body(None, view)
 
     async def _subscribe_channel(self, client: Client, request: Subscribe) -> None:
         channel = request.channel
@@ -966,18 +1003,33 @@ def _epoch(timestamp: str) -> float:
         return math.nan
 
 
-def _select_rows(rows: list[str], sub: Subscription, keep: frozenset[str]) -> list[bytes]:
-    """Snapshot rows (JSON text) that pass the subscription's filter, projected to ``keep``."""
+def _describe(change: ChangeEvent) -> str:
+    return f"change {change.id} ({change.op} on {change.schema}.{change.table})"
+
+
+def _select_rows(
+    rows: list[str], sub: Subscription, keep: frozenset[str], unreadable: UnreadableRows
+) -> list[bytes]:
+    """Snapshot rows (JSON text) that pass the subscription's filter, projected to ``keep``.
+
+    A row is sent as PostgreSQL wrote it; a projection keeps each value's text. A row
+    that cannot be read is withheld (and counted): its filter, rule and projection
+    cannot be decided.
+    """
     selected: list[bytes] = []
     for text in rows:
-        row = orjson.loads(text)
-        if sub.filter.conditions and not sub.filter.matches(row):
+        try:
+            row = parse_row(text)
+            if sub.filter.conditions and not sub.filter.matches(row):
+                continue
+            if sub.rule is not None and not sub.rule.matches(row):
+                continue
+            if not keep.issuperset(row):
+                text = project_row(text, keep)
+        except RowImageError as exc:
+            unreadable.withheld(f"a snapshot row of {sub.schema}.{sub.table}", exc)
             continue
-        if sub.rule is not None and not sub.rule.matches(row):
-            continue
-        if len(keep) < len(row):
-            row = {k: v for k, v in row.items() if k in keep}
-        selected.append(orjson.dumps(row))
+        selected.append(text.encode())
     return selected
 
 

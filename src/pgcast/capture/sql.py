@@ -34,8 +34,11 @@ __all__ = [
 SCHEMA = "pgcast"
 """The schema that holds every object pgcast creates."""
 
-SCHEMA_VERSION = 1
-"""Version of the objects below; stored as ``pgcast.state['schema_version']``."""
+SCHEMA_VERSION = 2
+"""Version of the objects below; stored as ``pgcast.state['schema_version']``.
+
+2: row images built from whole-row references that no column name can shadow.
+"""
 
 CHANNEL = "pgcast"
 """The NOTIFY channel the capture trigger wakes the gateway on."""
@@ -107,6 +110,12 @@ COMMENT ON FUNCTION {_S}.changed_columns(jsonb, jsonb) IS
 # * SECURITY DEFINER: a role that may write the tracked table but has no rights
 #   on the pgcast schema must still be able to write (invariant 7); the fixed
 #   search_path is what makes SECURITY DEFINER safe.
+# * Row images are to_jsonb(r.*), never to_jsonb(r): PostgreSQL resolves a bare
+#   name as a column before a table alias, so a tracked column named like the
+#   alias would be logged as the row (or break the write), while ``alias.*`` only
+#   ever names the relation. ``#variable_conflict use_variable`` likewise keeps a
+#   column named v_txid or tg_op from making a variable reference ambiguous
+#   (an error that would abort the user's statement).
 # * No RAISE and no EXCEPTION block: the trigger must not abort the user's
 #   statement for pgcast's own reasons, and an EXCEPTION block would open a
 #   subtransaction per statement.
@@ -132,6 +141,7 @@ SET search_path = pg_catalog, pg_temp
 SET jit = off
 SET work_mem = '64MB'
 AS $fn$
+#variable_conflict use_variable
 DECLARE
     v_txid     xid8        := pg_current_xact_id();
     v_xmin     xid8        := pg_snapshot_xmin(pg_current_snapshot());
@@ -163,8 +173,8 @@ BEGIN
         INSERT INTO {_S}.changes
                (txid, tx_xmin, committed_at, schema_name, table_name, op, record)
         SELECT v_txid, v_xmin, v_at, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'INSERT',
-               to_jsonb(n) - v_drop
-          FROM pgcast_new AS n;
+               to_jsonb(r.*) - v_drop
+          FROM pgcast_new AS r;
         GET DIAGNOSTICS v_rows = ROW_COUNT;
 
     ELSIF TG_OP = 'UPDATE' THEN
@@ -173,10 +183,10 @@ BEGIN
                 record, old_record, changed)
         SELECT v_txid, v_xmin, v_at, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'UPDATE',
                n.record, o.old_record, c.changed
-          FROM (SELECT row_number() OVER () AS ord, to_jsonb(t) - v_drop AS record
-                  FROM pgcast_new AS t) AS n
-          JOIN (SELECT row_number() OVER () AS ord, to_jsonb(t) - v_drop AS old_record
-                  FROM pgcast_old AS t) AS o
+          FROM (SELECT row_number() OVER () AS ord, to_jsonb(r.*) - v_drop AS record
+                  FROM pgcast_new AS r) AS n
+          JOIN (SELECT row_number() OVER () AS ord, to_jsonb(r.*) - v_drop AS old_record
+                  FROM pgcast_old AS r) AS o
             ON o.ord = n.ord
          CROSS JOIN LATERAL (
                -- The body of changed_columns(), inlined: PostgreSQL cannot inline a
@@ -196,8 +206,8 @@ BEGIN
         INSERT INTO {_S}.changes
                (txid, tx_xmin, committed_at, schema_name, table_name, op, old_record)
         SELECT v_txid, v_xmin, v_at, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'DELETE',
-               to_jsonb(o) - v_drop
-          FROM pgcast_old AS o;
+               to_jsonb(r.*) - v_drop
+          FROM pgcast_old AS r;
         GET DIAGNOSTICS v_rows = ROW_COUNT;
 
     ELSIF TG_OP = 'TRUNCATE' THEN

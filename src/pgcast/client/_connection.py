@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import decimal
 import enum
+import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -781,7 +783,15 @@ def _decode(raw: str | bytes) -> dict[str, Any] | None:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return None
+        # orjson refuses numbers beyond the float range (a numeric 1e400): read those
+        # exactly rather than drop the change.
+        value = None
+        for parse_int in (int, decimal.Decimal):  # Decimal past int's 4,300-digit limit
+            try:
+                value = json.loads(raw, parse_float=decimal.Decimal, parse_int=parse_int)
+                break
+            except (ValueError, RecursionError):
+                continue
     return value if isinstance(value, dict) else None
 
 
