@@ -10,7 +10,7 @@ case's bound, and the connections the flood left must have been closed by the
 gateway (they are never closed by the client).
 
 Bounds: the old transport (refused upgrades leaked, pongs bypassed the outbox, a
-32 MiB budget before auth, no request timeouts or per-IP cap) grew by several
+32 MiB budget before auth, no request timeouts or per-IP cap) grew past 2.5 times
 each bound in these same floods, or never closed the connections; the figures are
 above ``BOUNDS_MB``. No fixed sleeps: everything is awaited with deadlines.
 """
