@@ -119,6 +119,7 @@ class AsgiWebSocket:
         self._send = send
         self._outbox: collections.deque[bytes] = collections.deque()
         self._outbox_bytes = 0
+        self.max_buffered_bytes = MAX_BUFFERED_BYTES
         self._wake = asyncio.Event()  # the writer has something to do
         self._empty = asyncio.Event()  # the outbox is empty (drained() waits on it)
         self._empty.set()
@@ -157,7 +158,7 @@ class AsgiWebSocket:
             self._clear()
             return
         if self._sending and (
-            len(self._outbox) > self.outbox_limit or self._outbox_bytes > MAX_BUFFERED_BYTES
+            len(self._outbox) > self.outbox_limit or self._outbox_bytes > self.max_buffered_bytes
         ):
             self._clear()
             self.gateway.overflowed(self)

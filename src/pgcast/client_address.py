@@ -62,6 +62,12 @@ def peer_address(peer: str) -> str:
     return host if address is None else str(address)
 
 
+def is_trusted_proxy(host: str, trusted: tuple[Network, ...]) -> bool:
+    """Whether ``host`` (an address as :func:`peer_address` returns it) is a trusted proxy."""
+    address = _address(host) if trusted else None
+    return address is not None and _is_trusted(address, trusted)
+
+
 def client_address(
     peer: str, headers: Iterable[tuple[str, str]], trusted: tuple[Network, ...]
 ) -> str:

@@ -250,6 +250,12 @@ def _parse_trusted_proxies(value: object, label: str) -> tuple[Network, ...]:
         ) from None
 
 
+def _parse_max_pending_per_ip(value: object, label: str) -> int:
+    return _parse_int(
+        value, label, "is not a valid limit (1-1000000 unfinished requests per IP)", 1, 1_000_000
+    )
+
+
 def _parse_log_level(value: object, label: str) -> str:
     choices = ", ".join(LOG_LEVELS)
     if not isinstance(value, str):
@@ -275,6 +281,9 @@ _PARSERS: dict[str, _Parser] = {
     "max_subscriptions": _parse_max_subscriptions,
     "probe_interval": _parse_seconds,
     "poll_interval": _parse_seconds,
+    "head_timeout": _parse_seconds,
+    "body_timeout": _parse_seconds,
+    "max_pending_per_ip": _parse_max_pending_per_ip,
     "log_level": _parse_log_level,
     "trusted_proxies": _parse_trusted_proxies,
 }
@@ -294,6 +303,12 @@ class Settings:
     max_subscriptions: int = 100
     probe_interval: float = 5.0
     poll_interval: float = 1.0
+    # A connection's request head must arrive this long after its accept, a plain
+    # request's body this long after its head (else 408); at most max_pending_per_ip
+    # unfinished requests per client IP (else 429). See pgcast.transports.pending.
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_pending_per_ip: int = 1000
     log_level: str = "info"
     # Peers whose X-Forwarded-For / Forwarded name the client (see pgcast.client_address).
     trusted_proxies: tuple[Network, ...] = ()

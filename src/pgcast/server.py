@@ -29,7 +29,7 @@ from . import __version__, exactjson, protocol
 from .auth import ANONYMOUS, AuthConfig, AuthError, Identity, RowRule, extract_token
 from .capture.installer import prune
 from .changelog import DATABASE_ERRORS, Replay, TableRows, replay, snapshot
-from .client_address import client_address, peer_address
+from .client_address import client_address, is_trusted_proxy, peer_address
 from .config import Settings
 from .events import ChangeEvent, Horizon
 from .exactjson import parse_row, project_row
@@ -43,6 +43,8 @@ from .protocol import CloseCode, ErrorCode, Subscribe, Unsubscribe
 from .session import Session
 from .transports import ClientTransport
 from .transports.http import HttpRequest
+from .transports.outbox import MAX_BUFFERED_BYTES, UNAUTHENTICATED_BUFFERED_BYTES
+from .transports.pending import PendingRequests
 from .transports.sse import SUB_ID as SSE_SUB_ID
 from .transports.sse import HttpConnection
 from .transports.websocket import WebSocketConnection, http_response
@@ -172,6 +174,12 @@ class Gateway:
         self._admitted: dict[ClientTransport, Identity | None] = {}
         self._per_subject: collections.Counter[str] = collections.Counter()
         self._per_ip: collections.Counter[str] = collections.Counter()
+        self.pending_requests = PendingRequests(
+            max_per_ip=settings.max_pending_per_ip,
+            head_timeout=settings.head_timeout,
+            body_timeout=settings.body_timeout,
+            uncapped=lambda ip: is_trusted_proxy(ip, settings.trusted_proxies),
+        )
         self.hub = Hub()
         self.clients: dict[ClientTransport, Client] = {}
         self.listener = Listener(
@@ -309,6 +317,7 @@ class Gateway:
             self,
             max_frame_bytes=self.settings.max_frame_bytes,
             outbox_limit=self.settings.outbox_limit,
+            pending_requests=self.pending_requests,
         )
 
     # delivery (hot path) ----------------------------------------------------------
@@ -319,6 +328,21 @@ class Gateway:
             "pgcast_connections", "Connected WebSocket and SSE clients.", lambda: len(self.clients)
         )
         registry.gauge("pgcast_subscriptions", "Open subscriptions.", self.hub.subscription_count)
+        registry.gauge(
+            "pgcast_pending_requests",
+            "Connections whose HTTP request has not fully arrived yet.",
+            lambda: len(self.pending_requests),
+        )
+        registry.counter(
+            "pgcast_request_timeouts_total",
+            "Connections answered 408: request head or body too slow.",
+            lambda: self.pending_requests.timed_out,
+        )
+        registry.counter(
+            "pgcast_pending_refusals_total",
+            "Connections answered 429: too many unfinished requests from their IP.",
+            lambda: self.pending_requests.refused,
+        )
         registry.counter(
             "pgcast_changes_total", "Changes read from the log.", lambda: self.changes_in
         )
@@ -526,7 +550,9 @@ class Gateway:
         self.clients[conn] = client
         self._per_ip[client.ip] += 1
         if identity is None:
-            # Authenticate with a first `auth` message, or be closed.
+            # Authenticate with a first `auth` message, or be closed; until then the
+            # client may not make us hold much for it (pongs it does not read).
+            conn.max_buffered_bytes = UNAUTHENTICATED_BUFFERED_BYTES
             client.timer = asyncio.get_running_loop().call_later(
                 AUTH_TIMEOUT, self._close_unauthenticated, client
             )
@@ -539,6 +565,7 @@ class Gateway:
         session = client.session
         session.identity = identity
         session.grants = self.auth.rules.bind(identity)
+        client.conn.max_buffered_bytes = MAX_BUFFERED_BYTES
         if client.subject is None and identity.subject:
             client.subject = identity.subject
             self._per_subject[identity.subject] += 1

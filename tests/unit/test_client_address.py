@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from pgcast.client_address import MAX_HOPS, client_address, parse_networks, peer_address
+from pgcast.client_address import (
+    MAX_HOPS,
+    client_address,
+    is_trusted_proxy,
+    parse_networks,
+    peer_address,
+)
 from pgcast.config import Settings, load_settings
 from pgcast.exceptions import ConfigError
+from pgcast.transports.pending import PendingRequests
 
 PROXY = "10.0.0.5:41000"  # the TCP peer: a trusted proxy
 TRUSTED = parse_networks(["10.0.0.0/24", "2001:db8:ffff::/48"])
@@ -174,3 +181,17 @@ def test_serve_takes_trusted_proxies_from_its_flag(monkeypatch: pytest.MonkeyPat
     args = build_parser().parse_args(["serve", "--trusted-proxies", "10.0.0.0/8,::1"])
     settings = _settings(args, trusted_proxies=args.trusted_proxies)
     assert settings.trusted_proxies == parse_networks(["10.0.0.0/8", "::1"])
+
+
+def test_a_trusted_proxy_is_not_capped_by_the_unfinished_request_limit() -> None:
+    trusted = parse_networks(["10.0.0.0/8"])
+    pending = PendingRequests(
+        max_per_ip=2,
+        head_timeout=1.0,
+        body_timeout=1.0,
+        uncapped=lambda ip: is_trusted_proxy(ip, trusted),
+    )
+    assert [pending.enter("10.1.2.3") for _ in range(5)] == [True] * 5
+    assert [pending.enter("192.0.2.7") for _ in range(3)] == [True, True, False]
+    assert not is_trusted_proxy("?", trusted)
+    assert not is_trusted_proxy("10.1.2.3", ())

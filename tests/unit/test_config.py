@@ -92,6 +92,9 @@ def test_empty_environment_variable_counts_as_unset() -> None:
         ("PGCAST_MAX_SUBSCRIPTIONS", "7", "max_subscriptions", 7),
         ("PGCAST_PROBE_INTERVAL", "0.5", "probe_interval", 0.5),
         ("PGCAST_POLL_INTERVAL", "2", "poll_interval", 2.0),
+        ("PGCAST_HEAD_TIMEOUT", "2.5", "head_timeout", 2.5),
+        ("PGCAST_BODY_TIMEOUT", "60", "body_timeout", 60.0),
+        ("PGCAST_MAX_PENDING_PER_IP", "25", "max_pending_per_ip", 25),
         ("PGCAST_LOG_LEVEL", "WARNING", "log_level", "warning"),
     ],
 )
@@ -153,6 +156,9 @@ outbox_limit = 10
 max_subscriptions = 5
 probe_interval = 2.5
 poll_interval = 0.25
+head_timeout = 3
+body_timeout = 4.5
+max_pending_per_ip = 9
 log_level = "error"
 
 [auth]  # other tables belong to other parts of pgcast
@@ -171,6 +177,9 @@ secret = "x"
         max_subscriptions=5,
         probe_interval=2.5,
         poll_interval=0.25,
+        head_timeout=3.0,
+        body_timeout=4.5,
+        max_pending_per_ip=9,
         log_level="error",
     )
 

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from pgcast.transports.http import (
     MAX_HEADER_BYTES,
     HttpError,
+    canonical_head,
     head_complete,
     parse_head,
 )
+from pgcast.transports.pending import PendingRequests
 
 
 def test_parses_request_line_headers_query_and_body_length() -> None:
@@ -63,6 +65,34 @@ def test_endless_head_is_refused() -> None:
         head_complete(b"GET / HTTP/1.1\r\n" + b"X" * (MAX_HEADER_BYTES + 10))
     assert caught.value.status == 431
     assert head_complete(b"GET / HTTP/1.1\r\n") == 0
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /a?x=1 HTTP/1.1\nHost: h\nContent-Length: 2\n\n",
+        b"POST /a?x=1 HTTP/1.1\r\nHost: h\nContent-Length: 2\r\n\n",
+        b"POST /a?x=1 HTTP/1.1\nHost: h\r\nContent-Length: 2\n\r\n",
+    ],
+)
+def test_bare_lf_line_endings_are_accepted(head: bytes) -> None:
+    assert head_complete(head + b"{}") == len(head)
+    request, length = parse_head(head)
+    assert (request.method, request.path, request.query, length) == ("POST", "/a", {"x": "1"}, 2)
+    assert request.headers == [("Host", "h"), ("Content-Length", "2")]
+    assert canonical_head(head) == (b"POST /a?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n")
+
+
+def test_unfinished_requests_are_counted_per_ip_up_to_the_limit() -> None:
+    pending = PendingRequests(max_per_ip=2, head_timeout=1.0, body_timeout=2.0)
+    assert pending.enter("a") and pending.enter("a") and pending.enter("b")
+    assert not pending.enter("a")
+    assert (len(pending), pending.from_ip("a"), pending.refused) == (3, 2, 1)
+    pending.leave("a")
+    assert pending.enter("a")
+    for ip in ("a", "a", "b"):
+        pending.leave(ip)
+    assert (len(pending), pending.from_ip("a"), pending.from_ip("b")) == (0, 0, 0)
 
 
 @given(st.binary(max_size=400))

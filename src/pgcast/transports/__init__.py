@@ -18,6 +18,9 @@ class ClientTransport(Protocol):
 
     peer: str
     transport: asyncio.Transport | None
+    # Bytes that may wait while the socket is backed up before the client counts as
+    # slow (4001); the gateway lowers it until the connection authenticates.
+    max_buffered_bytes: int
 
     @property
     def request(self) -> Request | None:

@@ -3,11 +3,14 @@
 WebSocket upgrades go to websockets' own handshake parser; everything else (health,
 metrics, the demo's REST API) is parsed here: request line, headers and a
 ``Content-Length`` body, with limits on every part. Chunked request bodies are
-refused (411): no client of these routes needs them.
+refused (411): no client of these routes needs them. Lines may end with a bare LF
+(RFC 9112 section 2.2 allows a recipient to accept it, as h11 does): such a request is
+answered, never left waiting for a CRLF that will not come.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -15,6 +18,8 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADERS = 100
 MAX_BODY_BYTES = 1024 * 1024
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# The empty line that ends a head: CRLF CRLF, or with bare LFs.
+_HEAD_END = re.compile(rb"\n\r?\n")
 
 
 class HttpError(Exception):
@@ -55,13 +60,13 @@ class HttpRequest:
 
 
 def head_complete(buffer: bytes | bytearray) -> int:
-    """The length of the request head in ``buffer`` (through CRLFCRLF), or 0 if incomplete.
+    """The length of the request head in ``buffer`` (through its empty line), or 0 if incomplete.
 
     Raises HttpError 431 when the head grows past the limit without ending.
     """
-    end = buffer.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES + 4)
-    if end >= 0:
-        return end + 4
+    end = _HEAD_END.search(buffer, 0, MAX_HEADER_BYTES + 4)
+    if end is not None:
+        return end.end()
     if len(buffer) > MAX_HEADER_BYTES:
         raise HttpError(431, "request header fields too large")
     return 0
@@ -73,7 +78,7 @@ def parse_head(head: bytes | bytearray) -> tuple[HttpRequest, int]:
         text = bytes(head).decode("ascii")
     except UnicodeDecodeError:
         raise HttpError(400, "request head is not ASCII") from None
-    lines = text[:-4].split("\r\n")
+    lines = [line.removesuffix("\r") for line in text.rstrip("\r\n").split("\n")]
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         raise HttpError(400, "malformed request line")
@@ -100,3 +105,9 @@ def parse_head(head: bytes | bytearray) -> tuple[HttpRequest, int]:
     if length > MAX_BODY_BYTES:
         raise HttpError(413, f"request body over {MAX_BODY_BYTES} bytes")
     return request, length
+
+
+def canonical_head(head: bytes | bytearray) -> bytes:
+    """``head`` with every line ending as CRLF, for parsers that accept nothing else."""
+    lines = bytes(head).rstrip(b"\r\n").split(b"\n")
+    return b"".join(line.removesuffix(b"\r") + b"\r\n" for line in lines) + b"\r\n"

@@ -33,6 +33,7 @@ from websockets.http11 import Request
 from ..exceptions import ProtocolError
 from ..protocol import CloseCode, ErrorCode
 from .outbox import Outbox
+from .pending import PendingRequests
 from .websocket import (
     CLOSE_TIMEOUT,
     WRITE_HIGH_WATER,
@@ -241,6 +242,15 @@ class SseConnection(asyncio.Protocol):
         """False while the socket's buffer is over its high-water mark."""
         return not self.outbox.paused
 
+    @property
+    def max_buffered_bytes(self) -> int:
+        """Bytes that may wait for a backed-up socket before the client counts as slow."""
+        return self.outbox.max_bytes
+
+    @max_buffered_bytes.setter
+    def max_buffered_bytes(self, value: int) -> None:
+        self.outbox.max_bytes = value
+
     async def drained(self) -> None:
         """Return once the socket accepts writes again (immediately if it does now)."""
         if self.transport is not None and not self.transport.is_closing():
@@ -355,8 +365,14 @@ class HttpConnection(WebSocketConnection):
         *,
         max_frame_bytes: int,
         outbox_limit: int,
+        pending_requests: PendingRequests,
     ) -> None:
-        super().__init__(app, max_frame_bytes=max_frame_bytes, outbox_limit=outbox_limit)
+        super().__init__(
+            app,
+            max_frame_bytes=max_frame_bytes,
+            outbox_limit=outbox_limit,
+            pending_requests=pending_requests,
+        )
         self.streams = streams
 
     def _on_request(self, request: Request) -> None:

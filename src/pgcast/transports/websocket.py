@@ -1,8 +1,9 @@
 """The native WebSocket + HTTP transport: asyncio protocol over websockets' sans-I/O core.
 
 The websockets library parses the opening handshake and incoming frames and
-answers pings and close frames; this module only moves bytes. Outgoing change
-frames are pre-encoded by the gateway and written straight to the socket, all of a
+answers pings and close frames; this module moves bytes, reassembles fragmented
+messages and checks that text is UTF-8 (close 1007). Outgoing change frames are
+pre-encoded by the gateway and written straight to the socket, all of a
 connection's pending frames in one ``write`` (one system call), which is what makes
 fan-out cheap (see bench/RESULTS.md, "Stack choice").
 
@@ -10,6 +11,12 @@ Backpressure: the asyncio transport tells us when its buffer passes the high-wat
 mark (``pause_writing``). While paused, frames wait in the outbox; an outbox that
 grows past its limit closes the connection with 4001 (reconnect and resume), so a
 client that stops reading costs the gateway bounded memory and nobody else waits.
+The pongs websockets writes for the client's pings take the same way: a client that
+sends pings and reads nothing is closed with 4001 like any other.
+
+Until its request has arrived, a connection is counted per IP and timed out (see
+:mod:`pgcast.transports.pending`); the gateway hears of it (``admit``) only once
+websockets has accepted the handshake, so a refused upgrade leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -21,15 +28,17 @@ from typing import Protocol
 
 import orjson
 from websockets.datastructures import Headers
+from websockets.frames import CloseCode as WebSocketCloseCode
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import OPEN, State
+from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
 from ..protocol import CloseCode
 from .frames import text_frame, text_frame_header
-from .http import HttpError, HttpRequest, head_complete, parse_head
+from .http import HttpError, HttpRequest, canonical_head, head_complete, parse_head
 from .outbox import Outbox
+from .pending import PendingRequests
 
 logger = logging.getLogger("pgcast.transport")
 
@@ -37,6 +46,7 @@ WRITE_HIGH_WATER = 256 * 1024
 
 
 CLOSE_TIMEOUT = 5.0
+_PONG = 0x8A  # first byte of a pong frame as websockets writes it (FIN, opcode 0xA)
 
 
 class Application(Protocol):
@@ -77,8 +87,16 @@ class WebSocketConnection(asyncio.Protocol):
 
     stream_paths: frozenset[str] = frozenset({"/ws"})  # GET paths handled as streams
 
-    def __init__(self, app: Application, *, max_frame_bytes: int, outbox_limit: int) -> None:
+    def __init__(
+        self,
+        app: Application,
+        *,
+        max_frame_bytes: int,
+        outbox_limit: int,
+        pending_requests: PendingRequests,
+    ) -> None:
         self.app = app
+        # max_size bounds a whole message, fragments included (1009 past it).
         self.ws = ServerProtocol(max_size=max_frame_bytes)
         self.outbox_limit = outbox_limit
         self.transport: asyncio.Transport | None = None
@@ -93,6 +111,13 @@ class WebSocketConnection(asyncio.Protocol):
         self._plain: HttpRequest | None = None
         self._body_length = 0
         self._http_task: asyncio.Task[None] | None = None
+        self.pending_requests = pending_requests
+        self._counted_ip: str | None = None  # counted in pending_requests until the request is in
+        self._request_timer: asyncio.TimerHandle | None = None
+        # The frames so far of a fragmented message, and whether it is text.
+        self._fragments: list[bytes] | None = None
+        self._fragmented_text = False
+        self._failed = False  # we closed for bad input: later frames are ignored
 
     # asyncio.Protocol ------------------------------------------------------------
 
@@ -103,6 +128,22 @@ class WebSocketConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
+        ip = str(peer[0]) if peer else "?"
+        if not self.pending_requests.enter(ip):
+            self._refuse_request(
+                429,
+                "Too Many Requests",
+                orjson.dumps(
+                    {
+                        "type": "error",
+                        "code": "rate_limited",
+                        "message": "too many unfinished requests from this address",
+                    }
+                ),
+            )
+            return
+        self._counted_ip = ip
+        self._start_request_timer(self.pending_requests.head_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._pending is not None:
@@ -122,6 +163,7 @@ class WebSocketConnection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._request_in()
         if self._close_timer is not None:
             self._close_timer.cancel()
         if self._http_task is not None:
@@ -150,6 +192,15 @@ class WebSocketConnection(asyncio.Protocol):
     def writable(self) -> bool:
         """False while the socket's buffer is over its high-water mark."""
         return not self.outbox.paused
+
+    @property
+    def max_buffered_bytes(self) -> int:
+        """Bytes that may wait for a backed-up socket before the client counts as slow."""
+        return self.outbox.max_bytes
+
+    @max_buffered_bytes.setter
+    def max_buffered_bytes(self, value: int) -> None:
+        self.outbox.max_bytes = value
 
     async def drained(self) -> None:
         """Return once the socket accepts writes again (immediately if it does now)."""
@@ -212,23 +263,58 @@ class WebSocketConnection(asyncio.Protocol):
                 request, self._body_length = parse_head(self._pending[:end])
                 if request.method == "GET" and request.path in self.stream_paths:
                     # WebSocket handshake (or SSE): websockets' parser takes it from here.
-                    buffered, self._pending = bytes(self._pending), None
+                    self._request_in()
+                    buffered = canonical_head(self._pending[:end]) + self._pending[end:]
+                    self._pending = None
                     self.ws.receive_data(buffered)
                     self._process_events()
                     return
                 self._plain = request
                 del self._pending[:end]
+                if len(self._pending) < self._body_length:
+                    self._start_request_timer(self.pending_requests.body_timeout)
             if len(self._pending) < self._body_length:
                 return
         except HttpError as exc:
-            self._pending = None
-            self._plain = HttpRequest("GET", "/", [])
-            body = orjson.dumps({"error": exc.message})
-            self._write_response(http_response(exc.status, "Error", body, "application/json"))
+            self._refuse_request(exc.status, "Error", orjson.dumps({"error": exc.message}))
             return
+        self._request_in()
         self._plain.body = bytes(self._pending[: self._body_length])
         self._pending = None
         self._http_task = asyncio.create_task(self._answer(self._plain))
+
+    def _refuse_request(self, status: int, reason: str, body: bytes) -> None:
+        """Answer an unfinished or bad request with an error and close; read nothing more."""
+        self._request_in()
+        self._pending = None
+        self._plain = HttpRequest("GET", "/", [])
+        self._write_response(http_response(status, reason, body, "application/json"))
+
+    def _start_request_timer(self, timeout: float) -> None:
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._request_timer = loop.call_later(timeout, self._request_timed_out)
+
+    def _request_timed_out(self) -> None:
+        self._request_timer = None
+        self.pending_requests.timed_out += 1
+        part, timeout = (
+            ("head", self.pending_requests.head_timeout)
+            if self._plain is None
+            else ("body", self.pending_requests.body_timeout)
+        )
+        message = f"the request {part} did not arrive within {timeout:g} s"
+        self._refuse_request(408, "Request Timeout", orjson.dumps({"error": message}))
+
+    def _request_in(self) -> None:
+        """The request has arrived (or the connection ended): it no longer counts as pending."""
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
+        if self._counted_ip is not None:
+            self.pending_requests.leave(self._counted_ip)
+            self._counted_ip = None
 
     async def _answer(self, request: HttpRequest) -> None:
         try:
@@ -252,17 +338,19 @@ class WebSocketConnection(asyncio.Protocol):
         for event in self.ws.events_received():
             if isinstance(event, Request):
                 self._on_request(event)
-            elif isinstance(event, Frame):
+            elif isinstance(event, Frame) and not self._failed:
                 self._on_frame(event)
         self._write_protocol_data()
 
     def _on_request(self, request: Request) -> None:
         self.request = request
-        refusal = self.app.admit(self, request)
-        if refusal is not None:
-            self.ws.send_response(refusal)
-            return
+        # websockets vets the handshake first: the gateway only sees (and records)
+        # upgrades that will open, so a refused one leaves nothing behind.
         response = self.ws.accept(request)
+        if response.status_code == 101:
+            refusal = self.app.admit(self, request)
+            if refusal is not None:
+                response = refusal
         self.ws.send_response(response)
         if response.status_code == 101:
             self._write_protocol_data()
@@ -270,25 +358,63 @@ class WebSocketConnection(asyncio.Protocol):
             self.app.opened(self)
 
     def _on_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.TEXT:
-            try:
-                text = bytes(frame.data).decode()
-            except UnicodeDecodeError:  # websockets validates UTF-8; defensive only
-                return
-            self.app.received(self, text)
-        elif frame.opcode is Opcode.BINARY:
-            self.app.received(self, bytes(frame.data))
+        """Reassemble a message from its frames; hand it to the gateway once complete.
+
+        websockets checks the framing (a stray continuation is 1002) and the size of
+        the whole message (1009); UTF-8 is checked here, on the whole message (1007).
+        """
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self._deliver(opcode is Opcode.TEXT, bytes(frame.data))
+            else:
+                self._fragments, self._fragmented_text = [bytes(frame.data)], opcode is Opcode.TEXT
+        elif opcode is Opcode.CONT and self._fragments is not None:
+            self._fragments.append(bytes(frame.data))
+            if frame.fin:
+                data, self._fragments = b"".join(self._fragments), None
+                self._deliver(self._fragmented_text, data)
+        # ping, pong, close: websockets answers them
+
+    def _deliver(self, text: bool, data: bytes) -> None:
+        if not text:
+            self.app.received(self, data)
+            return
+        try:
+            message = data.decode()
+        except UnicodeDecodeError:
+            self._fail(WebSocketCloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
+            return
+        self.app.received(self, message)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Close for bad input: send the close frame, drop the TCP connection, read no more."""
+        self._failed = True
+        self._fragments = None
+        self.ws.fail(code, reason)
 
     def _write_protocol_data(self) -> None:
         assert self.transport is not None
+        pongs = False
         for data in self.ws.data_to_send():
-            if data:
-                # Control frames must not overtake queued change frames.
-                if self.outbox.frames and self.ws.state is not State.CONNECTING:
+            if not data:
+                self.transport.close()
+            elif data[0] == _PONG and self._upgraded:
+                # A pong is a frame like any other: it waits behind queued frames and
+                # counts against the outbox limit (4001), or the peer could grow our
+                # buffer without bound by sending pings and never reading.
+                if self.ws.state is OPEN:
+                    self.outbox.add(data)
+                    pongs = True
+                # Closing: the peer has no use for a pong any more.
+            else:
+                # The handshake response, or a close frame: after the queued frames
+                # if the socket takes them now (a close while backed up drops them).
+                if self.outbox.frames and self._upgraded:
                     self.flush()
                 self.transport.write(data)
-            else:
-                self.transport.close()
+        if pongs:
+            self.flush()
         if self.ws.close_expected() and self._close_timer is None:
             loop = asyncio.get_running_loop()
             self._close_timer = loop.call_later(CLOSE_TIMEOUT, self.abort)
