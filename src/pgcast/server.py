@@ -54,6 +54,7 @@ logger = logging.getLogger("pgcast.server")
 
 SERVER_NAME = f"pgcast/{__version__}"
 INBOX_LIMIT = 64  # unprocessed client messages before we stop reading that socket
+INBOX_BYTES = 1024 * 1024  # ... or unprocessed bytes: 64 frames of max_frame_bytes would be 64 MiB
 AUTH_TIMEOUT = 10.0  # seconds a connection without a token has to send `auth`
 PRUNE_EVERY = 600.0
 STATS_EVERY = 15.0
@@ -140,7 +141,17 @@ class Catalog:
 class Client:
     """Gateway-side state of one client (WebSocket connection or SSE stream)."""
 
-    __slots__ = ("conn", "filters", "inbox", "ip", "session", "subject", "timer", "worker")
+    __slots__ = (
+        "conn",
+        "filters",
+        "inbox",
+        "inbox_bytes",
+        "ip",
+        "session",
+        "subject",
+        "timer",
+        "worker",
+    )
 
     def __init__(self, conn: ClientTransport, session: Session, ip: str) -> None:
         self.conn = conn
@@ -149,6 +160,7 @@ class Client:
         self.subject: str | None = None  # counted against the per-subject limit
         self.filters: dict[str, Filter] = {}  # each subscription's filter as the client sent it
         self.inbox: deque[str | bytes] = deque()
+        self.inbox_bytes = 0
         self.worker: asyncio.Task[None] | None = None
         # Closes the connection when its token expires (or if it never authenticates).
         self.timer: asyncio.TimerHandle | None = None
@@ -631,7 +643,9 @@ class Gateway:
         if client is None:
             return
         client.inbox.append(data)
-        if len(client.inbox) >= INBOX_LIMIT and conn.transport is not None:
+        client.inbox_bytes += len(data)
+        full = len(client.inbox) >= INBOX_LIMIT or client.inbox_bytes >= INBOX_BYTES
+        if full and conn.transport is not None:
             conn.transport.pause_reading()  # the client sends faster than we answer
         if client.worker is None:
             client.worker = asyncio.create_task(
@@ -665,8 +679,12 @@ class Gateway:
         try:
             while client.inbox:
                 data = client.inbox.popleft()
+                client.inbox_bytes -= len(data)
                 await self._handle(client, data)
-                if len(client.inbox) < INBOX_LIMIT // 2 and client.conn.transport is not None:
+                roomy = (
+                    len(client.inbox) < INBOX_LIMIT // 2 and client.inbox_bytes < INBOX_BYTES // 2
+                )
+                if roomy and client.conn.transport is not None:
                     client.conn.transport.resume_reading()
         except asyncio.CancelledError:
             raise
