@@ -35,6 +35,7 @@ from .exceptions import DatabaseUnavailable, ProtocolError
 from .filters import MATCH_ALL, Filter
 from .hooks import ChangeHooks, HookFunction
 from .hub import Hub, Subscription
+from .capture.wal import WalConsumer
 from .listener import Listener, ListenerState
 from .metrics import Registry
 from .protocol import CloseCode, ErrorCode, Subscribe, Unsubscribe
@@ -192,6 +193,10 @@ class Gateway:
         self.metrics_registry = self._build_metrics()
         self.hooks = ChangeHooks()  # server-side callbacks (on_change), run off the hot path
         self.hooks.register_metrics(self.metrics_registry)
+        # WAL capture: one gateway per database (elected) appends decoded changes to
+        # the log and wakes its reader; the others' readers find the rows by polling.
+        self.wal = WalConsumer(dsn, on_appended=self.listener.wake)
+        self.wal.register_metrics(self.metrics_registry)
 
     # lifecycle -----------------------------------------------------------------
 
@@ -212,6 +217,7 @@ class Gateway:
         self._catalog = Catalog(self._pool)
         self.hooks.start()  # before the listener: no change may pass unseen
         self.listener.start()
+        self.wal.start()
         if not await self.listener.wait_ready(ready_timeout):
             logger.warning(
                 "PostgreSQL LISTEN not ready yet (%s); serving anyway", self.listener.last_error
@@ -255,6 +261,7 @@ class Gateway:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.wal.stop()
         await self.listener.stop()
         await self.hooks.stop(timeout=timeout)
         if self._pool is not None:
