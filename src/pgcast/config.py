@@ -234,6 +234,22 @@ def _parse_log_level(value: object, label: str) -> str:
     return level
 
 
+CAPTURE_MODES = ("trigger", "wal")
+
+
+def _parse_capture(value: object, label: str) -> str:
+    mode = value.strip().lower() if isinstance(value, str) else value
+    if mode not in CAPTURE_MODES:
+        raise _fail(
+            label,
+            value,
+            "is not a capture mode (trigger or wal)",
+            "trigger: capture triggers on the table; wal: decoded from the WAL "
+            "(needs wal_level = logical)",
+        )
+    return str(mode)
+
+
 _Parser = Callable[[object, str], Any]
 
 _PARSERS: dict[str, _Parser] = {
@@ -248,6 +264,7 @@ _PARSERS: dict[str, _Parser] = {
     "probe_interval": _parse_seconds,
     "poll_interval": _parse_seconds,
     "log_level": _parse_log_level,
+    "capture": _parse_capture,
 }
 
 
@@ -266,6 +283,7 @@ class Settings:
     probe_interval: float = 5.0
     poll_interval: float = 1.0
     log_level: str = "info"
+    capture: str = "trigger"  # default of `pgcast track`: "trigger" or "wal"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

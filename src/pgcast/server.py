@@ -28,6 +28,7 @@ from websockets.http11 import Request, Response
 from . import __version__, protocol
 from .auth import ANONYMOUS, AuthConfig, AuthError, Identity, RowRule, extract_token
 from .capture.installer import prune
+from .capture.wal import WalConsumer
 from .changelog import DATABASE_ERRORS, Replay, TableRows, replay, snapshot
 from .config import Settings
 from .events import ChangeEvent, Horizon
@@ -35,7 +36,6 @@ from .exceptions import DatabaseUnavailable, ProtocolError
 from .filters import MATCH_ALL, Filter
 from .hooks import ChangeHooks, HookFunction
 from .hub import Hub, Subscription
-from .capture.wal import WalConsumer
 from .listener import Listener, ListenerState
 from .metrics import Registry
 from .protocol import CloseCode, ErrorCode, Subscribe, Unsubscribe

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
 
-from pgcast.capture import installer, wal_setup
-from pgcast.capture.installer import TrackOptions, track, untrack
+from pgcast.capture import wal_setup
+from pgcast.capture.installer import track
 from pgcast.exceptions import CaptureError
 from pgcast.identifiers import parse_table_name
 
 from ..conftest import ADMIN_DSN
 from .gateway_helpers import TIMEOUT, running_gateway, ws_client
+from .test_cli import Cli, assert_no_traceback
 from .wal_cluster import WalCluster, fresh_database, wal_cluster
 
 
@@ -51,7 +52,7 @@ ORDERS = (
 async def wait_for(predicate: Any, timeout: float = TIMEOUT) -> None:
     """Poll ``predicate`` (async) until true: the log is written by another task."""
     async with asyncio.timeout(timeout):
-        while not await predicate():
+        while not await predicate():  # noqa: ASYNC110 (no event to wait on: another process writes)
             await asyncio.sleep(0.02)
 
 
@@ -281,29 +282,28 @@ async def test_second_gateway_waits_and_takes_over_when_the_first_stops(
 ) -> None:
     await wconn.execute(ORDERS)
     await track(wconn, parse_table_name("orders"), capture="wal")
-    async with running_gateway(wal_dsn) as second:
-        async with running_gateway(wal_dsn) as first:
+    async with running_gateway(wal_dsn) as second, running_gateway(wal_dsn) as first:
 
-            async def one_leader() -> bool:
-                return first.wal.leader or second.wal.leader
+        async def one_leader() -> bool:
+            return first.wal.leader or second.wal.leader
 
-            await wait_for(one_leader)
-            leader, other = (first, second) if first.wal.leader else (second, first)
-            await wconn.executemany(
-                "INSERT INTO orders (amount) VALUES ($1)", [(i,) for i in range(20)]
-            )
-            await wait_logged(wconn, 20)
-            assert not other.wal.leader
-            await leader.stop()
+        await wait_for(one_leader)
+        leader, other = (first, second) if first.wal.leader else (second, first)
+        await wconn.executemany(
+            "INSERT INTO orders (amount) VALUES ($1)", [(i,) for i in range(20)]
+        )
+        await wait_logged(wconn, 20)
+        assert not other.wal.leader
+        await leader.stop()
 
-            async def taken_over() -> bool:
-                return other.wal.leader
+        async def taken_over() -> bool:
+            return other.wal.leader
 
-            await wait_for(taken_over)
-            await wconn.executemany(
-                "INSERT INTO orders (amount) VALUES ($1)", [(i,) for i in range(20, 40)]
-            )
-            await wait_logged(wconn, 40)
+        await wait_for(taken_over)
+        await wconn.executemany(
+            "INSERT INTO orders (amount) VALUES ($1)", [(i,) for i in range(20, 40)]
+        )
+        await wait_logged(wconn, 40)
     assert await logged_ids(wconn) == list(range(1, 41))
 
 
@@ -355,3 +355,76 @@ async def test_table_altered_renamed_and_dropped_while_tracked(
     # pgoutput names a relation as its catalog entry is when decoded: a change made
     # just before a rename may carry the new name; every later change does.
     assert rows[2]["table"] == "purchases" and rows[3]["table"] == "other"
+
+
+async def test_status_shows_modes_and_the_slot_and_untrack_drops_the_slot(
+    wal_dsn: str, wconn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    cli = Cli(tmp_path, wal_dsn)
+    await wconn.execute(ORDERS)
+    await wconn.execute("CREATE TABLE notes (id int PRIMARY KEY)")
+    tracked = await cli.ok("track", "--capture", "wal", "orders")
+    assert "capture: wal" in tracked.stdout
+    await cli.ok("track", "notes")
+    await wconn.execute("INSERT INTO orders (amount) SELECT g FROM generate_series(1, 500) g")
+    report = orjson.loads((await cli.ok("status", "--json")).stdout)
+    modes = {t["table"]: t["capture"] for t in report["tables"]}
+    assert modes == {"orders": "wal", "notes": "trigger"}
+    wal = report["wal"]
+    assert wal["available"] and wal["tables"] == 1
+    assert wal["slot"]["active"] is False and wal["slot"]["retained_bytes"] > 0
+    assert any("inactive" in w for w in wal["warnings"])
+    text = (await cli.ok("status")).stdout
+    assert "capture: wal" in text and "INACTIVE" in text and "retains" in text
+    assert (
+        await wconn.fetchval("SELECT relreplident::text FROM pg_class WHERE relname = 'orders'")
+        == "f"
+    )
+
+    untracked = await cli.ok("untrack", "orders")
+    assert "untracked" in untracked.stdout
+    assert await wal_setup.slot_status(wconn) is None
+    assert not await wconn.fetchval("SELECT count(*) FROM pg_publication")
+    assert (
+        await wconn.fetchval("SELECT relreplident::text FROM pg_class WHERE relname = 'orders'")
+        == "d"
+    )
+    report = orjson.loads((await cli.ok("status", "--json")).stdout)
+    assert report["wal"]["slot"] is None and report["wal"]["warnings"] == []
+
+
+async def test_cli_refuses_wal_capture_on_a_replica_level_server(
+    database_url: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    if await conn.fetchval("SHOW wal_level") == "logical":
+        pytest.skip("the main test server already has wal_level = logical")
+    await conn.execute(ORDERS)
+    result = await Cli(tmp_path, database_url).run("track", "--capture", "wal", "orders")
+    assert result.code == 1
+    assert "wal_level = logical" in result.stderr and "restart PostgreSQL" in result.stderr
+    assert_no_traceback(result.stderr)
+    assert await conn.fetchval("SELECT to_regclass('pgcast.changes')") is None
+    status = orjson.loads((await Cli(tmp_path, database_url).ok("status", "--json")).stdout)
+    assert status["wal"]["available"] is False
+    assert "wal_level" in status["wal"]["problems"][0]["message"]
+
+
+async def test_a_role_without_replication_gets_a_clear_error(
+    wal_dsn: str, wconn: asyncpg.Connection
+) -> None:
+    role = f"app_{wal_dsn.rsplit('_', 1)[-1]}"
+    await wconn.execute(f"CREATE ROLE {role} LOGIN")
+    await wconn.execute(f"GRANT ALL ON SCHEMA public TO {role}")
+    await wconn.execute(f"GRANT CREATE ON DATABASE {wal_dsn.rsplit('/', 1)[-1]} TO {role}")
+    app = await asyncpg.connect(wal_dsn.replace("postgres@", f"{role}@"))
+    try:
+        await app.execute(ORDERS)
+        with pytest.raises(CaptureError) as caught:
+            await track(app, parse_table_name("orders"), capture="wal")
+        assert "REPLICATION attribute" in str(caught.value)
+        assert f'ALTER ROLE "{role}" REPLICATION' in str(caught.value)
+        assert await app.fetchval("SELECT to_regclass('pgcast.changes')") is None
+    finally:
+        await app.close()
+        await wconn.execute(f"DROP OWNED BY {role}")
+        await wconn.execute(f"DROP ROLE {role}")

@@ -78,8 +78,21 @@ def wal_cluster() -> Iterator[WalCluster]:
     if run_as:
         shutil.chown(base, "postgres")
     subprocess.run(
-        [*run_as, str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "-A", "trust",
-         "--no-sync", "-E", "UTF8", "--locale", "C.UTF-8"],
+        [
+            *run_as,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data_dir),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale",
+            "C.UTF-8",
+        ],
         check=True,
         capture_output=True,
         timeout=120,

@@ -284,9 +284,8 @@ async def track(
         raise CaptureError(
             f"unknown capture mode {capture!r}", hint="use one of " + ", ".join(CAPTURE_MODES)
         )
-    if capture == "wal":
-        if problems := await wal_setup.wal_problems(conn):
-            raise problems[0]
+    if capture == "wal" and (problems := await wal_setup.wal_problems(conn)):
+        raise problems[0]
     await install(conn)
     if capture == "wal":
         await wal_setup.ensure_publication_and_slot(conn)

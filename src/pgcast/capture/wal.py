@@ -186,7 +186,7 @@ class WalConsumer:
                 )
             except asyncio.CancelledError:
                 raise
-            except (*DATABASE_ERRORS, CaptureError, _ReplicationError) as exc:
+            except _RETRYABLE as exc:
                 self.last_error = str(exc)
                 logger.warning("WAL consumer: %s; retrying", exc)
             except Exception:
@@ -257,9 +257,9 @@ class WalConsumer:
                     self._relations[decoded.oid] = decoded
                     await self._learn_types(conn, decoded)
                 elif begin is not None:
-                    for row in _rows(decoded, begin.commit_time_us):
-                        pending.append(_Pending(begin.final_lsn, index, row))
-                        index += 1
+                    rows = _rows(decoded, begin.commit_time_us)
+                    pending += [_Pending(begin.final_lsn, index + i, r) for i, r in enumerate(rows)]
+                    index += len(rows)
                     if len(pending) >= self.batch_rows:
                         confirmable = await self._flush(conn, repl.cursor, pending, confirmable)
                         pending = []
@@ -346,6 +346,9 @@ class _ReplicationError(Exception):
     """The replication connection failed (psycopg2's errors, wrapped)."""
 
 
+_RETRYABLE: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, CaptureError, _ReplicationError)
+
+
 @dataclass
 class _Stream:
     connection: Any
@@ -357,10 +360,12 @@ class _Stream:
 
 
 def _open_stream(dsn: str, slot: str, status_interval: float) -> _Stream:
-    import psycopg2
-    import psycopg2.extras
+    import psycopg2  # type: ignore[import-untyped]
+    import psycopg2.extras  # type: ignore[import-untyped]
 
-    options = " ".join(f"-c {k}={v}" for k, v in _SESSION_SETTINGS.items() if k != "application_name")
+    options = " ".join(
+        f"-c {k}={v}" for k, v in _SESSION_SETTINGS.items() if k != "application_name"
+    )
     try:
         connection = psycopg2.connect(
             dsn,

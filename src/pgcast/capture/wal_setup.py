@@ -17,6 +17,7 @@ WAL never advances), and the slot exists before any table joins the publication
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,20 +111,18 @@ async def ensure_publication_and_slot(conn: asyncpg.Connection) -> None:
         ):
             # publish_via_partition_root: changes to a partition carry the tracked
             # (root) table's name, as the trigger on a partitioned table does.
-            try:
+            with contextlib.suppress(asyncpg.DuplicateObjectError):  # created meanwhile
                 await conn.execute(
                     f"CREATE PUBLICATION {quote_ident(PUBLICATION)}"
                     " WITH (publish_via_partition_root = true)"
                 )
-            except asyncpg.DuplicateObjectError:
-                pass  # another process created it meanwhile
         if not await conn.fetchval(
             "SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1)", name
         ):
-            try:
-                await conn.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", name)
-            except asyncpg.DuplicateObjectError:
-                pass
+            with contextlib.suppress(asyncpg.DuplicateObjectError):
+                await conn.execute(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", name
+                )
     except asyncpg.PostgresError as exc:
         raise CaptureError(
             f"could not create the publication and replication slot for WAL capture: {exc}",
@@ -143,7 +142,7 @@ async def attach(conn: asyncpg.Connection, oid: int, table: TableName) -> None:
     # Keep the identity the table had before pgcast first set FULL, not FULL itself.
     await conn.execute(
         "INSERT INTO pgcast.wal_tables (relid, replica_identity, identity_index) "
-        "VALUES ($1::oid::regclass, $2::text::\"char\", $3::oid::regclass) "
+        'VALUES ($1::oid::regclass, $2::text::"char", $3::oid::regclass) '
         "ON CONFLICT (relid) DO NOTHING",
         oid,
         row["ident"],
