@@ -92,6 +92,9 @@ async def test_each_op_reaches_a_subscriber_through_the_gateway(
         await wconn.execute("DELETE FROM orders WHERE id = 1")
         await wconn.execute("TRUNCATE orders")
         insert, update, delete, truncate = await client.changes(4)
+        metrics = gateway.metrics()
+    assert "pgcast_wal_consumer_leader 1" in metrics
+    assert "pgcast_wal_slot_retained_bytes " in metrics
     assert insert["op"] == "INSERT" and insert["record"] == {
         "id": 1,
         "customer_name": "ann",
