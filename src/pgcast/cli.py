@@ -269,10 +269,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
         return code
     print(f"tracked tables: {len(tables)}")
     for t in report["tables"]:
-        print(
-            f"  {TableName(t['schema'], t['table'])}  capture: {t['capture']}"
-            f"  changes in log: {t['changes']}"
-        )
+        mode = "  capture: wal" if t["capture"] == "wal" else ""
+        print(f"  {TableName(t['schema'], t['table'])}  changes in log: {t['changes']}{mode}")
     print(explain_wal(wal))
     log = report["log"]
     print(
