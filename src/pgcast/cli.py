@@ -24,6 +24,7 @@ import orjson
 
 from . import __version__
 from .capture import installer
+from .capture.wal_status import explain_wal, wal_report
 from .config import Settings, load_settings
 from .embedded import resolve_database_url
 from .exceptions import ConfigError, PgcastError
@@ -114,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="log an UPDATE only when one of these columns changed",
     )
     track.add_argument(
+        "--capture",
+        choices=["trigger", "wal"],
+        help="trigger (default) or wal: decode changes from the WAL, no triggers "
+        "(needs wal_level = logical; default: the capture setting)",
+    )
+    track.add_argument(
         "--skip-unchanged",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -177,16 +184,17 @@ async def _connect(settings: Settings, dsn: str | None = None, **kwargs: Any) ->
 
 
 async def cmd_track(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _settings(args, capture=args.capture)
     options = installer.TrackOptions(
         columns=args.columns, when_changed=args.when_changed, skip_unchanged=args.skip_unchanged
     )
     conn = await _connect(settings)
     try:
         for table in args.tables:
-            tracked = await installer.track(conn, table, options)
+            tracked = await installer.track(conn, table, options, capture=settings.capture)
             key = ", ".join(tracked.primary_key) or "none: events carry whole rows"
-            print(f"tracking {tracked.table} (primary key: {key})")
+            mode = ", capture: wal" if tracked.capture == "wal" else ""
+            print(f"tracking {tracked.table} (primary key: {key}{mode})")
     finally:
         await conn.close()
     return EXIT_OK
@@ -220,6 +228,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
             "AND datname = current_database()"
         )
         queue = await conn.fetchval("SELECT pg_notification_queue_usage()")
+        wal = await wal_report(conn, [t for t in tables if t.capture == "wal"])
     finally:
         await conn.close()
     listen = await check_listen(dsn)
@@ -233,9 +242,11 @@ async def cmd_status(args: argparse.Namespace) -> int:
                 "when_changed": t.options.when_changed,
                 "skip_unchanged": t.options.skip_unchanged,
                 "changes": t.changes,
+                "capture": t.capture,
             }
             for t in tables
         ],
+        "wal": wal,
         "log": {
             "rows": stats.rows,
             "first_id": stats.first_id,
@@ -263,7 +274,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
         return code
     print(f"tracked tables: {len(tables)}")
     for t in report["tables"]:
-        print(f"  {TableName(t['schema'], t['table'])}  changes in log: {t['changes']}")
+        mode = "  capture: wal" if t["capture"] == "wal" else ""
+        print(f"  {TableName(t['schema'], t['table'])}  changes in log: {t['changes']}{mode}")
+    print(explain_wal(wal))
     log = report["log"]
     print(
         f"change log: {log['rows']} rows, {log['bytes']} bytes, "

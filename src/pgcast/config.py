@@ -268,6 +268,22 @@ def _parse_log_level(value: object, label: str) -> str:
     return level
 
 
+CAPTURE_MODES = ("trigger", "wal")
+
+
+def _parse_capture(value: object, label: str) -> str:
+    mode = value.strip().lower() if isinstance(value, str) else value
+    if mode not in CAPTURE_MODES:
+        raise _fail(
+            label,
+            value,
+            "is not a capture mode (trigger or wal)",
+            "trigger: capture triggers on the table; wal: decoded from the WAL "
+            "(needs wal_level = logical)",
+        )
+    return str(mode)
+
+
 _Parser = Callable[[object, str], Any]
 
 _PARSERS: dict[str, _Parser] = {
@@ -286,6 +302,7 @@ _PARSERS: dict[str, _Parser] = {
     "max_pending_per_ip": _parse_max_pending_per_ip,
     "log_level": _parse_log_level,
     "trusted_proxies": _parse_trusted_proxies,
+    "capture": _parse_capture,
 }
 
 
@@ -312,6 +329,7 @@ class Settings:
     log_level: str = "info"
     # Peers whose X-Forwarded-For / Forwarded name the client (see pgcast.client_address).
     trusted_proxies: tuple[Network, ...] = ()
+    capture: str = "trigger"  # default of `pgcast track`: "trigger" or "wal"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -341,6 +341,9 @@ def _start(data_dir: Path, owner: _Owner | None, deadline: float) -> int:
         options = (
             f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
             f"-c max_connections={MAX_CONNECTIONS}"
+            # WAL capture (`pgcast track --capture wal`) works out of the box; the
+            # keep size bounds what a slot left unconsumed can hold on the user's disk.
+            " -c wal_level=logical -c max_slot_wal_keep_size=1GB"
         )
         remaining = max(1, int(deadline - time.monotonic()))
         result = _run_pg(

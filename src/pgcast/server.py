@@ -28,6 +28,7 @@ from websockets.http11 import Request, Response
 from . import __version__, exactjson, protocol
 from .auth import ANONYMOUS, AuthConfig, AuthError, Identity, RowRule, extract_token
 from .capture.installer import prune
+from .capture.wal import WalConsumer
 from .changelog import DATABASE_ERRORS, Replay, TableRows, replay, snapshot
 from .client_address import client_address, is_trusted_proxy, peer_address
 from .config import Settings
@@ -216,6 +217,10 @@ class Gateway:
         self.metrics_registry = self._build_metrics()
         self.hooks = ChangeHooks()  # server-side callbacks (on_change), run off the hot path
         self.hooks.register_metrics(self.metrics_registry)
+        # WAL capture: one gateway per database (elected) appends decoded changes to
+        # the log and wakes its reader; the others' readers find the rows by polling.
+        self.wal = WalConsumer(dsn, on_appended=self.listener.wake)
+        self.wal.register_metrics(self.metrics_registry)
 
     # lifecycle -----------------------------------------------------------------
 
@@ -236,6 +241,7 @@ class Gateway:
         self._catalog = Catalog(self._pool)
         self.hooks.start()  # before the listener: no change may pass unseen
         self.listener.start()
+        self.wal.start()
         if not await self.listener.wait_ready(ready_timeout):
             logger.warning(
                 "PostgreSQL LISTEN not ready yet (%s); serving anyway", self.listener.last_error
@@ -279,6 +285,7 @@ class Gateway:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.wal.stop()
         await self.listener.stop()
         await self.hooks.stop(timeout=timeout)
         if self._pool is not None:

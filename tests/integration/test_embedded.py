@@ -55,6 +55,8 @@ async def test_embedded_server_starts_serves_and_stops(data_dir: Path) -> None:
     try:
         assert await conn.fetchval("SELECT current_database()") == "pgcast"
         assert await conn.fetchval("SHOW max_connections") == "200"
+        assert await conn.fetchval("SHOW wal_level") == "logical"
+        assert await conn.fetchval("SHOW max_slot_wal_keep_size") == "1GB"
         assert await conn.fetchval("SHOW listen_addresses") == "127.0.0.1"
         assert await conn.fetchval("SHOW server_encoding") == "UTF8"
         await conn.execute("CREATE TABLE kept (id int)")

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from pgcast.capture import sql
+from pgcast.capture import sql, wal_setup
 from pgcast.exceptions import CaptureError, IdentifierError
 from pgcast.identifiers import MAX_IDENTIFIER_BYTES, TableName
 
@@ -80,6 +80,7 @@ class TrackedTable:
     options: TrackOptions
     primary_key: tuple[str, ...]
     changes: int
+    capture: str = "trigger"  # or "wal"
 
     @property
     def table(self) -> TableName:
@@ -258,16 +259,37 @@ async def _count_changes(conn: asyncpg.Connection, table: TableName) -> int:
     return count
 
 
+CAPTURE_MODES = ("trigger", "wal")
+
+
 async def track(
-    conn: asyncpg.Connection, table: TableName, options: TrackOptions = TrackOptions()
+    conn: asyncpg.Connection,
+    table: TableName,
+    options: TrackOptions = TrackOptions(),
+    *,
+    capture: str = "trigger",
 ) -> TrackedTable:
     """Start capturing changes of ``table`` (installing pgcast first if needed).
 
-    Idempotent: tracking a tracked table replaces its options and triggers, in one
+    ``capture`` is ``"trigger"`` (capture triggers on the table) or ``"wal"``
+    (decoded from the WAL by the gateway's slot consumer; see
+    :mod:`pgcast.capture.wal_setup`). WAL mode is checked first (wal_level, the
+    role's REPLICATION attribute), so nothing is installed when it cannot work.
+
+    Idempotent: tracking a tracked table replaces its options and capture, in one
     transaction, so no write goes uncaptured in between. Returns the table with its
     effective options (see :class:`TrackOptions`).
     """
+    if capture not in CAPTURE_MODES:
+        raise CaptureError(
+            f"unknown capture mode {capture!r}", hint="use one of " + ", ".join(CAPTURE_MODES)
+        )
+    if capture == "wal" and (problems := await wal_setup.wal_problems(conn)):
+        raise problems[0]
     await install(conn)
+    if capture == "wal":
+        await wal_setup.ensure_publication_and_slot(conn)
+    was_wal = False
     try:
         async with conn.transaction():
             relation = await _resolve(conn, table)
@@ -296,12 +318,17 @@ async def track(
                 _as_list(effective.when_changed),
                 effective.skip_unchanged,
             )
-            for statement in (
-                *sql.drop_triggers(relation.table),
-                *sql.create_triggers(relation.table),
-            ):
+            for statement in sql.drop_triggers(relation.table):
                 await conn.execute(statement)
+            if capture == "wal":
+                await wal_setup.attach(conn, relation.oid, relation.table)
+            else:
+                was_wal = await wal_setup.detach(conn, relation.oid, relation.table)
+                for statement in sql.create_triggers(relation.table):
+                    await conn.execute(statement)
             changes = await _count_changes(conn, relation.table)
+        if was_wal:
+            await _drop_slot_if_unused(conn)
     except asyncpg.PostgresError as exc:
         raise _error(
             f"could not track {table}",
@@ -314,6 +341,7 @@ async def track(
         options=effective,
         primary_key=relation.primary_key,
         changes=changes,
+        capture=capture,
     )
 
 
@@ -324,10 +352,15 @@ def _as_list(names: Sequence[str] | None) -> list[str] | None:
 async def untrack(conn: asyncpg.Connection, table: TableName) -> bool:
     """Stop capturing ``table``: drop its triggers and options; keep its log rows.
 
+    A WAL-mode table leaves the publication and gets its replica identity back;
+    untracking the last one drops the slot and the publication, which would
+    otherwise keep WAL without bound.
+
     Returns ``False`` if it was not tracked (idempotent; does not install pgcast).
     """
     if await installed_version(conn) is None:
         return False
+    was_wal = False
     try:
         async with conn.transaction():
             relation = await _resolve(conn, table)
@@ -345,9 +378,17 @@ async def untrack(conn: asyncpg.Connection, table: TableName) -> bool:
             )
             for statement in sql.drop_triggers(relation.table):
                 await conn.execute(statement)
+            was_wal = await wal_setup.detach(conn, relation.oid, relation.table)
+        if was_wal:
+            await _drop_slot_if_unused(conn)
     except asyncpg.PostgresError as exc:
         raise _error(f"could not untrack {table}", exc) from exc
-    return bool(triggers or deleted)
+    return bool(triggers or deleted or was_wal)
+
+
+async def _drop_slot_if_unused(conn: asyncpg.Connection) -> None:
+    if await wal_setup.wal_table_count(conn) == 0:
+        await wal_setup.drop_slot_and_publication(conn)
 
 
 async def tracked_tables(conn: asyncpg.Connection) -> list[TrackedTable]:
@@ -358,7 +399,10 @@ async def tracked_tables(conn: asyncpg.Connection) -> list[TrackedTable]:
         """
         SELECT n.nspname, c.relname, t.columns, t.when_changed, t.skip_unchanged,
                coalesce(pk.columns, '{}') AS primary_key,
-               coalesce(counts.n, 0) AS changes
+               coalesce(counts.n, 0) AS changes,
+               EXISTS (SELECT FROM pg_publication_rel r JOIN pg_publication p
+                        ON p.oid = r.prpubid
+                        WHERE p.pubname = $1 AND r.prrelid = t.relid) AS wal
           FROM pgcast.tracked t
           JOIN pg_class c ON c.oid = t.relid
           JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -372,7 +416,8 @@ async def tracked_tables(conn: asyncpg.Connection) -> list[TrackedTable]:
                        FROM pgcast.changes GROUP BY 1, 2) counts
                  ON counts.schema_name = n.nspname AND counts.table_name = c.relname
          ORDER BY n.nspname, c.relname
-        """
+        """,
+        wal_setup.PUBLICATION,
     )
     return [
         TrackedTable(
@@ -385,6 +430,7 @@ async def tracked_tables(conn: asyncpg.Connection) -> list[TrackedTable]:
             ),
             primary_key=tuple(r["primary_key"]),
             changes=r["changes"],
+            capture="wal" if r["wal"] else "trigger",
         )
         for r in rows
     ]
