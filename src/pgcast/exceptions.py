@@ -7,6 +7,7 @@
     ├── IdentifierError      a table or channel name that cannot be used safely
     ├── CaptureError         track / untrack / prune could not be applied
     ├── DatabaseUnavailable  no PostgreSQL reachable (or embedded one failed to start)
+    ├── CatchUpAborted       a snapshot/replay stopped: its client was too slow or left
     └── ProtocolError        a client frame the gateway refuses (carries a wire `code`)
         └── FilterError      a subscription filter that cannot be parsed or applied
 
@@ -45,6 +46,10 @@ class CaptureError(PgcastError):
 
 class DatabaseUnavailable(PgcastError):
     """PostgreSQL could not be reached or started."""
+
+
+class CatchUpAborted(PgcastError):
+    """A snapshot or replay stopped because its client was closed (slow: 4001) or left."""
 
 
 class ProtocolError(PgcastError):
