@@ -40,6 +40,7 @@ from .events import ChangeEvent, Horizon
 from .identifiers import quote_ident
 
 PAGE_SIZE = 5000
+PAGE_BYTES = 1 << 20  # row-image bytes a replay page aims at (see _PageReader)
 
 # Everything a query can raise when the database or the link to it fails (as opposed
 # to a bug): callers retry, reconnect or answer `unavailable`.
@@ -304,7 +305,7 @@ async def replay(
     if isinstance(since, Horizon):
         head = since.head
         late = (
-            "(txid = ANY($8::text[]::xid8[]) OR txid >= $9::text::xid8)",
+            "(txid = ANY($9::text[]::xid8[]) OR txid >= $10::text::xid8)",
             [str(x) for x in since.pending],
             str(since.xmax),
         )
@@ -325,7 +326,7 @@ async def replay(
             None
             if anchor is None
             else (
-                "txid >= $8::text::xid8 AND txid <> $9::text::xid8",
+                "txid >= $9::text::xid8 AND txid <> $10::text::xid8",
                 anchor["xmin"],
                 anchor["txid"],
             )
@@ -375,15 +376,18 @@ WITH snap AS MATERIALIZED (
     {_SELECT} WHERE schema_name = $1 AND table_name = $2 AND op = ANY($3::text[])
       AND NOT (txid = ANY($4::text[]::xid8[]) OR txid >= $5::text::xid8)
       AND id > $6 AND id <= $7{condition}
-    ORDER BY id LIMIT {int(self.page_size)}
+    ORDER BY id LIMIT $8
 )
 SELECT snap.pruned, found.* FROM snap LEFT JOIN found ON true ORDER BY found.id
 """
         last = after
+        # Rows per page follow the rows' size, so a page holds about PAGE_BYTES
+        # whatever the rows are (at most page_size rows; a first page of few rows).
+        limit = min(self.page_size, 64)
         while last < through:
             async with self.acquire() as conn:
                 rows = await conn.fetch(
-                    query, *self.params, last, through, *params, timeout=self.timeout
+                    query, *self.params, last, through, limit, *params, timeout=self.timeout
                 )
             pruned = rows[0]["pruned"] or 0
             if pruned > self.pruned and pruned > last:
@@ -394,11 +398,14 @@ SELECT snap.pruned, found.* FROM snap LEFT JOIN found ON true ORDER BY found.id
                 )
                 return
             changes = [change_from_row(row) for row in rows if row["id"] is not None]
-            if changes:
-                last = changes[-1].id
-                yield changes
-            if len(changes) < self.page_size:
+            if len(changes) < limit:
+                if changes:
+                    yield changes
                 return
+            last = changes[-1].id
+            size = sum(len(c.record_json or "") + len(c.old_record_json or "") for c in changes)
+            limit = max(1, min(self.page_size, PAGE_BYTES * len(changes) // max(size, 1)))
+            yield changes
 
 
 @dataclass
