@@ -134,7 +134,8 @@ class CatchUpGate:
             async with asyncio.timeout(timeout):
                 await waiter.future
         except TimeoutError:
-            if waiter.future.done():
+            # The timeout cancels the future too, unless it was granted first.
+            if waiter.future.done() and not waiter.future.cancelled():
                 return True  # granted just as the wait ended: keep it
             self._waiters.remove(waiter)
             self.rejected += 1
