@@ -256,6 +256,17 @@ def _parse_max_pending_per_ip(value: object, label: str) -> int:
     )
 
 
+def _parse_pool_size(value: object, label: str) -> int:
+    # Two at least: catch-ups may use all but one, which publishes and catalog reads keep.
+    return _parse_int(value, label, "is not a valid pool size (2-1000 connections)", 2, 1000)
+
+
+def _parse_buffer_limit(value: object, label: str) -> int:
+    return _parse_int(
+        value, label, "is not a valid catch-up buffer limit (1-1000000 changes)", 1, 1_000_000
+    )
+
+
 def _parse_log_level(value: object, label: str) -> str:
     choices = ", ".join(LOG_LEVELS)
     if not isinstance(value, str):
@@ -303,6 +314,10 @@ _PARSERS: dict[str, _Parser] = {
     "log_level": _parse_log_level,
     "trusted_proxies": _parse_trusted_proxies,
     "capture": _parse_capture,
+    "pool_size": _parse_pool_size,
+    "catch_up_drain_timeout": _parse_seconds,
+    "catch_up_queue_timeout": _parse_seconds,
+    "catch_up_buffer_limit": _parse_buffer_limit,
 }
 
 
@@ -330,6 +345,17 @@ class Settings:
     # Peers whose X-Forwarded-For / Forwarded name the client (see pgcast.client_address).
     trusted_proxies: tuple[Network, ...] = ()
     capture: str = "trigger"  # default of `pgcast track`: "trigger" or "wal"
+    # PostgreSQL connections for snapshots, replays, publishes and catalog reads (the
+    # listener has its own). Catch-ups may hold at most pool_size - 1 of them at once.
+    pool_size: int = 4
+    # Seconds a catching-up client has to take each snapshot chunk or replay page
+    # before it is closed with 4001 (a snapshot's transaction is open meanwhile).
+    catch_up_drain_timeout: float = 15.0
+    # Seconds a snapshot or replay may wait for a free slot before `unavailable`.
+    catch_up_queue_timeout: float = 10.0
+    # Live changes held for one catching-up subscription; past it the catch-up goes
+    # back to the log for them (see pgcast.catch_up).
+    catch_up_buffer_limit: int = 10_000
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -8,6 +8,7 @@
     ├── CaptureError         track / untrack / prune could not be applied
     ├── DatabaseUnavailable  no PostgreSQL reachable (or embedded one failed to start)
     ├── RowImageError        a row image that cannot be read to evaluate a filter or rule
+    ├── CatchUpAborted       a snapshot/replay stopped: its client was too slow or left
     └── ProtocolError        a client frame the gateway refuses (carries a wire `code`)
         └── FilterError      a subscription filter that cannot be parsed or applied
 
@@ -54,6 +55,10 @@ class RowImageError(PgcastError):
     The change or row is then withheld from every subscription whose filter or row
     rule would have to read it (fail closed), and counted.
     """
+
+
+class CatchUpAborted(PgcastError):
+    """A snapshot or replay stopped because its client was closed (slow: 4001) or left."""
 
 
 class ProtocolError(PgcastError):

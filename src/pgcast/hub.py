@@ -43,6 +43,33 @@ class SubscriptionState(enum.Enum):
     CLOSED = "closed"
 
 
+class CatchUpBuffer(list[ChangeEvent]):
+    """Live changes held for a catching-up subscription, at most ``limit`` of them.
+
+    Past the limit further changes are dropped and ``overflowed`` is set: the
+    catch-up then reads them from the log instead (pgcast.catch_up), so a client
+    that is slow to take its replay costs bounded memory and loses nothing.
+    """
+
+    __slots__ = ("limit", "overflowed")
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.overflowed = False
+
+    def append(self, change: ChangeEvent) -> None:
+        if len(self) >= self.limit:
+            self.overflowed = True
+            return
+        super().append(change)
+
+    def restart(self) -> None:
+        """Forget what was held: the log has it (every held change is committed)."""
+        self.clear()
+        self.overflowed = False
+
+
 class Subscription:
     """One client subscription to a table's changes or to a raw channel."""
 
@@ -87,7 +114,7 @@ class Subscription:
         self.columns = columns
         self.prefix = channel_message_prefix(id) if channel else subscription_prefix(id)
         self.state = SubscriptionState.LIVE
-        self.buffer: list[ChangeEvent] | None = None
+        self.buffer: CatchUpBuffer | None = None
         # After a snapshot or replay: only changes after its horizon are still owed.
         # The listener may lag behind the snapshot (it was reconnecting, say) and
         # deliver a change the snapshot already holds: that would move a row back.
@@ -103,11 +130,11 @@ class Subscription:
         # bucket is a match (see Hub.match), no need to evaluate the filter again.
         self.sole_eq = condition is not None and len(filter.conditions) == 1
 
-    def begin_catch_up(self) -> None:
-        """Buffer live changes until the replay is done (see finish_catch_up)."""
+    def begin_catch_up(self, limit: int = 1_000_000) -> None:
+        """Buffer up to ``limit`` live changes until the replay is done (see finish_catch_up)."""
         self._expect(SubscriptionState.LIVE)
         self.state = SubscriptionState.CATCHING_UP
-        self.buffer = []
+        self.buffer = CatchUpBuffer(limit)
 
     def finish_catch_up(
         self, replayed_ids: set[int], is_after: Callable[[ChangeEvent], bool] | None = None
@@ -118,7 +145,7 @@ class Subscription:
         horizon), only those committed after the replay's snapshot.
         """
         self._expect(SubscriptionState.CATCHING_UP)
-        buffered = self.buffer or []
+        buffered: list[ChangeEvent] = self.buffer or []
         self.buffer = None
         self.state = SubscriptionState.LIVE
         return [

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,12 +29,12 @@ from . import __version__, exactjson, protocol
 from .auth import ANONYMOUS, AuthConfig, AuthError, Identity, RowRule, extract_token
 from .capture.installer import prune
 from .capture.wal import WalConsumer
-from .changelog import DATABASE_ERRORS, Replay, TableRows, replay, snapshot
+from .catch_up import CatchUps
+from .changelog import DATABASE_ERRORS
 from .client_address import client_address, is_trusted_proxy, peer_address
 from .config import Settings
 from .events import ChangeEvent, Horizon
-from .exactjson import parse_row, project_row
-from .exceptions import DatabaseUnavailable, ProtocolError, RowImageError
+from .exceptions import CatchUpAborted, DatabaseUnavailable, ProtocolError, RowImageError
 from .filters import MATCH_ALL, Filter
 from .hooks import ChangeHooks, HookFunction
 from .hub import Hub, Subscription
@@ -49,7 +49,7 @@ from .transports.pending import PendingRequests
 from .transports.sse import SUB_ID as SSE_SUB_ID
 from .transports.sse import HttpConnection
 from .transports.websocket import WebSocketConnection, http_response
-from .unreadable import UnreadableRows
+from .unreadable import UnreadableRows, describe
 
 logger = logging.getLogger("pgcast.server")
 
@@ -214,7 +214,9 @@ class Gateway:
         self._all_closed = asyncio.Event()
         self.started_at = time.time()
         self.log_stats: dict[str, float] = {}  # refreshed by the housekeeping task
+        self.catch_ups = CatchUps(settings, self.unreadable)
         self.metrics_registry = self._build_metrics()
+        self.catch_ups.register_metrics(self.metrics_registry)
         self.hooks = ChangeHooks()  # server-side callbacks (on_change), run off the hot path
         self.hooks.register_metrics(self.metrics_registry)
         # WAL capture: one gateway per database (elected) appends decoded changes to
@@ -231,7 +233,7 @@ class Gateway:
         connections and calls the transport callbacks itself."""
         try:
             self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=4, command_timeout=60
+                self.dsn, min_size=1, max_size=self.settings.pool_size, command_timeout=60
             )
         except DATABASE_ERRORS as exc:
             raise DatabaseUnavailable(
@@ -239,6 +241,7 @@ class Gateway:
                 hint="check --database-url / PGCAST_DATABASE_URL / DATABASE_URL",
             ) from None
         self._catalog = Catalog(self._pool)
+        self.catch_ups.pool = self._pool
         self.hooks.start()  # before the listener: no change may pass unseen
         self.listener.start()
         self.wal.start()
@@ -368,7 +371,7 @@ class Gateway:
         registry.counter(
             "pgcast_deliveries_total",
             "Messages delivered to subscribers.",
-            lambda: self.deliveries_out,
+            lambda: self.deliveries_out + self.catch_ups.deliveries,
         )
         registry.counter(
             "pgcast_slow_consumer_closes_total",
@@ -442,7 +445,7 @@ class Gateway:
             try:
                 routed = match(change)
             except Exception as exc:
-                self.unreadable.withheld(_describe(change), exc)
+                self.unreadable.withheld(describe(change), exc)
                 routed = self.hub.match_unread(change)
             for sub, view in routed:
                 if sub.buffer is not None:
@@ -451,7 +454,7 @@ class Gateway:
                 try:
                     body = change.body(sub.columns, view)
                 except RowImageError as exc:  # a column projection must read the row
-                    self.unreadable.withheld(_describe(change), exc)
+                    self.unreadable.withheld(describe(change), exc)
                     continue
                 conn: ClientTransport = sub.owner
                 conn.queue_change(sub.prefix, body, change.id)
@@ -854,39 +857,26 @@ class Gateway:
             return
         # Project snapshot rows like the log does (tracked columns), then as asked.
         keep = info.columns if sub.columns is None else info.columns & sub.columns
-        timeout = self.settings.probe_interval * 4
-        events = sorted(sub.events)
-        sub.begin_catch_up()
+        sub.begin_catch_up(self.settings.catch_up_buffer_limit)
         self.hub.add(sub)
         try:
-            async with self._pool.acquire() as db:
-                items: AsyncIterator[TableRows | list[ChangeEvent] | Replay | Horizon]
-                if request.snapshot:
-                    items = snapshot(
-                        db,
-                        schema=sub.schema,
-                        table=sub.table,
-                        events=events,
-                        timeout=timeout,
-                        rls=self._rls(client),
-                    )
-                else:
-                    assert request.since is not None
-                    items = replay(
-                        db,
-                        since=request.since,
-                        schema=sub.schema,
-                        table=sub.table,
-                        events=events,
-                        timeout=timeout,
-                    )
-                fields |= await self._catch_up(conn, sub, items, keep)
-        except DATABASE_ERRORS as exc:
+            fields |= await self.catch_ups.run(
+                conn,
+                sub,
+                key=client.subject or client,  # a tenant's catch-ups take turns
+                table_snapshot=request.snapshot,
+                since=request.since,
+                keep=keep,
+                rls=self._rls(client),
+            )
+        except ProtocolError:
             client.session.close_subscription(sub.id)
             self._forget(sub)
-            raise ProtocolError(
-                ErrorCode.UNAVAILABLE, f"could not read the change log: {exc}"
-            ) from None
+            raise
+        except CatchUpAborted:  # the client was closed (4001) or left: nothing to answer
+            client.session.close_subscription(sub.id)
+            self._forget(sub)
+            return
         conn.send(protocol.subscribed(sub.id, **fields))
 
     def _rls(self, client: Client) -> tuple[str, str] | None:
@@ -895,76 +885,6 @@ class Gateway:
         if self.auth.rls_role is None or identity is None:
             return None
         return self.auth.rls_role, exactjson.dumps(dict(identity.claims)).decode()
-
-    async def _catch_up(
-        self,
-        conn: ClientTransport,
-        sub: Subscription,
-        items: AsyncIterator[TableRows | list[ChangeEvent] | Replay | Horizon],
-        keep: frozenset[str],
-    ) -> dict[str, Any]:
-        """Send a replay or snapshot to a catching-up subscription, then make it live.
-
-        Pages are paced by the socket (no outbox overflow for a big replay); live
-        changes buffered meanwhile are sent last, only if the replay did not send them
-        and they are after its horizon (see Horizon). Returns fields for `subscribed`.
-        """
-        sent: set[int] = set()
-        horizon: Horizon | None = None  # of the replay: live changes are owed after it
-        snapshot_at: Horizon | None = None  # of the snapshot: its resume position
-        rows_sent = part = 0
-        async for item in items:
-            if isinstance(item, Horizon):
-                horizon = item
-                continue
-            if isinstance(item, Replay):
-                conn.send(protocol.resync(sub.id, item.reason))
-                continue
-            if isinstance(item, TableRows):
-                snapshot_at = item.horizon
-                rows = _select_rows(item.rows, sub, keep, self.unreadable)
-                rows_sent += len(rows)
-                position = item.horizon.encode()
-                conn.send(
-                    protocol.snapshot_chunk(
-                        sub.id, rows, part=part, done=item.done, position=position
-                    )
-                )
-                part += 1
-            else:
-                for change in item:
-                    body = self._encode_for(sub, change)
-                    if body is not None:
-                        conn.queue_change(sub.prefix, body, change.id)
-                        sent.add(change.id)
-                conn.flush()
-            await conn.drained()
-        # Everything up to the replay's horizon was sent by the snapshot or the replay;
-        # buffered changes and late ones from a lagging listener count only after it.
-        horizon = horizon or snapshot_at
-        for change in sub.finish_catch_up(sent, horizon.is_after if horizon else None):
-            body = self._encode_for(sub, change)
-            if body is not None:
-                conn.queue_change(sub.prefix, body, change.id)
-        conn.flush()
-        sub.horizon = horizon
-        self.deliveries_out += len(sent)
-        if snapshot_at is not None:
-            return {"snapshot_rows": rows_sent, "position": snapshot_at.encode()}
-        return {"replayed": len(sent)}
-
-    def _encode_for(self, sub: Subscription, change: ChangeEvent) -> bytes | None:
-        """``change`` as ``sub`` sees it (None: hidden); an unreadable one is withheld
-        where it would be evaluated, as in dispatch."""
-        try:
-            view = sub.view(change)
-            return change.body(sub.columns, view) if view else None
-        except RowImageError as exc:
-            self.unreadable.withheld(_describe(change), exc)
-            view = sub.view_unread(change)
-            if not view or sub.columns is not None:
-                return None
-            return change.body(None, view)
 
     async def _subscribe_channel(self, client: Client, request: Subscribe) -> None:
         channel = request.channel
@@ -1013,8 +933,9 @@ class Gateway:
                 "last_error": listener.last_error,
             },
             "lag_seconds": listener.lag_seconds,
+            "catch_up": self.catch_ups.health(),
             "changes_in": self.changes_in,
-            "deliveries_out": self.deliveries_out,
+            "deliveries_out": self.deliveries_out + self.catch_ups.deliveries,
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
 
@@ -1053,36 +974,6 @@ def _epoch(timestamp: str) -> float:
         return datetime.fromisoformat(timestamp).timestamp()
     except ValueError:
         return math.nan
-
-
-def _describe(change: ChangeEvent) -> str:
-    return f"change {change.id} ({change.op} on {change.schema}.{change.table})"
-
-
-def _select_rows(
-    rows: list[str], sub: Subscription, keep: frozenset[str], unreadable: UnreadableRows
-) -> list[bytes]:
-    """Snapshot rows (JSON text) that pass the subscription's filter, projected to ``keep``.
-
-    A row is sent as PostgreSQL wrote it; a projection keeps each value's text. A row
-    that cannot be read is withheld (and counted): its filter, rule and projection
-    cannot be decided.
-    """
-    selected: list[bytes] = []
-    for text in rows:
-        try:
-            row = parse_row(text)
-            if sub.filter.conditions and not sub.filter.matches(row):
-                continue
-            if sub.rule is not None and not sub.rule.matches(row):
-                continue
-            if not keep.issuperset(row):
-                text = project_row(text, keep)
-        except RowImageError as exc:
-            unreadable.withheld(f"a snapshot row of {sub.schema}.{sub.table}", exc)
-            continue
-        selected.append(text.encode())
-    return selected
 
 
 async def serve(

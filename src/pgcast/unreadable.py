@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import logging
 
+from .events import ChangeEvent
+from .exactjson import parse_row, project_row
 from .exceptions import RowImageError
+from .hub import Subscription
 
 logger = logging.getLogger("pgcast.delivery")
 
@@ -39,3 +42,47 @@ class UnreadableRows:
                 self.count,
                 exc_info=not isinstance(exc, RowImageError),
             )
+
+
+def describe(change: ChangeEvent) -> str:
+    return f"change {change.id} ({change.op} on {change.schema}.{change.table})"
+
+
+def body_for(sub: Subscription, change: ChangeEvent, unreadable: UnreadableRows) -> bytes | None:
+    """``change`` encoded as ``sub`` sees it (None: hidden from it). An unreadable change
+    goes only where nothing has to read it (no filter, no rule, all columns)."""
+    try:
+        view = sub.view(change)
+        return change.body(sub.columns, view) if view else None
+    except RowImageError as exc:
+        unreadable.withheld(describe(change), exc)
+        view = sub.view_unread(change)
+        if not view or sub.columns is not None:
+            return None
+        return change.body(None, view)
+
+
+def select_rows(
+    rows: list[str], sub: Subscription, keep: frozenset[str], unreadable: UnreadableRows
+) -> list[bytes]:
+    """Snapshot rows (JSON text) that pass the subscription's filter, projected to ``keep``.
+
+    A row is sent as PostgreSQL wrote it; a projection keeps each value's text. A row
+    that cannot be read is withheld (and counted): its filter, rule and projection
+    cannot be decided.
+    """
+    selected: list[bytes] = []
+    for text in rows:
+        try:
+            row = parse_row(text)
+            if sub.filter.conditions and not sub.filter.matches(row):
+                continue
+            if sub.rule is not None and not sub.rule.matches(row):
+                continue
+            if not keep.issuperset(row):
+                text = project_row(text, keep)
+        except RowImageError as exc:
+            unreadable.withheld(f"a snapshot row of {sub.schema}.{sub.table}", exc)
+            continue
+        selected.append(text.encode())
+    return selected

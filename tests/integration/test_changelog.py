@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from pgcast.capture.installer import prune, track
-from pgcast.changelog import Horizon, LogCursor, Replay, read_new, replay, start_cursor
+from pgcast.changelog import Horizon, LogCursor, Replay, lend, read_new, replay, start_cursor
 from pgcast.identifiers import parse_table_name
 
 
@@ -57,7 +57,7 @@ async def test_replay_from_a_position_includes_late_commits_below_it(
         await log.execute("INSERT INTO t VALUES (3, 'after')")
         got = []
         async for page in replay(
-            log, since=position, schema="public", table="t", events=["INSERT"], timeout=5
+            lend(log), since=position, schema="public", table="t", events=["INSERT"], timeout=5
         ):
             assert not isinstance(page, Replay)
             if isinstance(page, Horizon):
@@ -84,7 +84,7 @@ async def test_pruning_past_an_unread_position_is_reported_as_a_gap(
         pages = [
             page
             async for page in replay(
-                log, since=1, schema="public", table="t", events=["INSERT"], timeout=5
+                lend(log), since=1, schema="public", table="t", events=["INSERT"], timeout=5
             )
         ]
         assert isinstance(pages[0], Horizon)
