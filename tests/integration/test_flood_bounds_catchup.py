@@ -334,3 +334,30 @@ async def test_live_changes_during_a_stalled_replay_are_bounded_and_all_delivere
         assert growth_mb < 30, f"peak RSS grew {growth_mb:.1f} MB while the replay stalled"
         metrics = await gateway.get("/metrics")
     assert "pgcast_catch_up_buffer_overflows_total 1" in metrics  # it read the log again
+
+
+async def test_messages_sent_while_a_catch_up_blocks_their_connection_are_bounded(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    """A client whose snapshot stalls (it reads nothing) keeps sending 900 KB messages:
+    its connection's messages wait for the catch-up, and the gateway stops reading
+    that socket after about 1 MiB of them (not after 64 messages, up to 64 MiB)."""
+    await make_table(conn, "big", 20_000, log=False)
+    await make_table(conn, "small", 5, log=True)
+    async with gateway_process(database_url, catch_up_drain_timeout=3.0) as gateway:
+        idle_kb = gateway.memory_kb("VmRSS")
+        async with flood(gateway.port, 1, {"table": "big", "snapshot": True}) as hostile:
+            await eventually(lambda: _transactions_at_least(conn, 1), 10)
+            _, writer = hostile[0]
+            message = orjson.dumps({"type": "ping", "pad": "x" * 900_000})
+            # A zero mask leaves the payload as is (clients must mask; any key is valid).
+            frame = bytes([0x81, 0x80 | 127]) + len(message).to_bytes(8) + bytes(4) + message
+            for _ in range(60):
+                writer.write(frame)
+            await gateway.wait_for(
+                "the stalled snapshot's close", lambda h: h["catch_up"]["slow_closes"] == 1, 15
+            )
+            growth_mb = (gateway.memory_kb("VmHWM") - idle_kb) / 1024
+        took = await serves_another_tenant(gateway.port, "small", "small")
+    print(f"peak RSS growth {growth_mb:.1f} MB; another tenant served in {took:.2f}s")
+    assert growth_mb < 30, f"peak RSS grew {growth_mb:.1f} MB from 54 MB of queued messages"
