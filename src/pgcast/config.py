@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pgcast.channels import CHANNEL_PATTERN, MAX_CHANNEL_LENGTH, channel_matches
 from pgcast.client_address import Network, parse_networks
 from pgcast.exceptions import ConfigError
 
@@ -47,8 +48,6 @@ ENV_PREFIX = "PGCAST_"
 TOML_TABLE = "pgcast"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-_CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9_*]+")
-_MAX_CHANNEL_LENGTH = 63  # PostgreSQL's NAMEDATALEN - 1: longer channel names are truncated
 _DURATION = re.compile(r"(?:\d+[dhms])+")
 _DURATION_PART = re.compile(r"(\d+)([dhms])")
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -162,18 +161,18 @@ def _parse_channels(value: object, label: str) -> tuple[str, ...]:
         raise _fail(label, value, "is not a list of channel patterns")
     patterns: list[str] = []
     for item in items:
-        if not isinstance(item, str) or not _CHANNEL_PATTERN.fullmatch(item):
+        if not isinstance(item, str) or not CHANNEL_PATTERN.fullmatch(item):
             raise _fail(
                 label,
                 value,
                 f"contains an invalid channel pattern {item!r}",
                 hint="channel patterns may only contain letters, digits, '_' and '*'",
             )
-        if len(item) > _MAX_CHANNEL_LENGTH:
+        if len(item) > MAX_CHANNEL_LENGTH:
             raise _fail(
                 label,
                 value,
-                f"contains a channel pattern longer than {_MAX_CHANNEL_LENGTH} characters",
+                f"contains a channel pattern longer than {MAX_CHANNEL_LENGTH} characters",
             )
         if item not in patterns:
             patterns.append(item)
@@ -376,14 +375,7 @@ class Settings:
 
     def allows_channel(self, channel: str) -> bool:
         """Whether raw NOTIFY ``channel`` matches one of the allowed ``channels`` patterns."""
-        return any(_channel_matches(pattern, channel) for pattern in self.channels)
-
-
-def _channel_matches(pattern: str, channel: str) -> bool:
-    # Patterns only hold [A-Za-z0-9_*], so '*' is the only metacharacter and the match is
-    # case-sensitive, like PostgreSQL's quoted channel names (fnmatch would fold case on Windows).
-    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
-    return re.fullmatch(regex, channel) is not None
+        return any(channel_matches(pattern, channel) for pattern in self.channels)
 
 
 _FIELDS = tuple(_PARSERS)
@@ -415,10 +407,15 @@ def find_config_file(
     return path
 
 
-def _read_toml(path: Path) -> dict[str, object]:
+Chosen = dict[str, tuple[object, str]]
+"""Setting name -> (raw value, the label naming its source in error messages)."""
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at ``path`` (pgcast.toml); ConfigError naming the file if bad."""
     try:
         with path.open("rb") as file:
-            document = tomllib.load(file)
+            return tomllib.load(file)
     except tomllib.TOMLDecodeError as err:
         # The message ends with "(at line N, column M)".
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
@@ -427,6 +424,34 @@ def _read_toml(path: Path) -> dict[str, object]:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
 
+
+def overlay(
+    chosen: Chosen,
+    names: Iterable[str],
+    flags: Mapping[str, object | None] | None,
+    environ: Mapping[str, str],
+    unknown: Callable[[str, str], ConfigError],
+) -> Chosen:
+    """Lay ``PGCAST_<NAME>`` variables, then flags, over ``chosen`` (the file's values).
+
+    An empty variable counts as unset, a flag of None as not given; a flag that is not
+    one of ``names`` raises ``unknown(name, "flags")``.
+    """
+    known = tuple(names)
+    for name in known:
+        var = ENV_PREFIX + name.upper()
+        if environ.get(var):
+            chosen[name] = (environ[var], var)
+    for name, value in (flags or {}).items():
+        if name not in known:
+            raise unknown(name, "flags")
+        if value is not None:
+            chosen[name] = (value, "--" + name.replace("_", "-"))
+    return chosen
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    document = read_toml(path)
     for key, value in document.items():
         # Other top-level tables ([auth], ...) belong to other parts of pgcast.
         if key != TOML_TABLE and not isinstance(value, dict):
@@ -467,16 +492,7 @@ def load_settings(
     if environ.get("DATABASE_URL"):
         chosen["database_url"] = (environ["DATABASE_URL"], "DATABASE_URL")
 
-    for name in _FIELDS:
-        var = ENV_PREFIX + name.upper()
-        if environ.get(var):
-            chosen[name] = (environ[var], var)
-
-    for name, value in (flags or {}).items():
-        if name not in _PARSERS:
-            raise _unknown_key(name, "flags")
-        if value is not None:
-            chosen[name] = (value, "--" + name.replace("_", "-"))
+    overlay(chosen, _FIELDS, flags, environ, _unknown_key)
 
     parsed = {name: _PARSERS[name](value, label) for name, (value, label) in chosen.items()}
     return Settings(**parsed)

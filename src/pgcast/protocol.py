@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from .channels import CHANNEL_NAME
 from .events import OPS, Horizon
 from .exceptions import ProtocolError
 from .filters import MATCH_ALL, Filter, parse_filter
@@ -21,7 +22,6 @@ from .filters import MATCH_ALL, Filter, parse_filter
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 128
 _NAME = re.compile(r"[^\x00-\x1f]{1,63}")
-CHANNEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 class CloseCode(enum.IntEnum):
@@ -101,7 +101,8 @@ class Auth:
 
 ClientMessage = Subscribe | Unsubscribe | Ping | Publish | Auth
 
-MAX_TOKEN_LENGTH = 16 * 1024
+# The one limit on a token, wherever it comes from (query, header, `auth` message).
+MAX_TOKEN_LENGTH = 8192
 
 
 def decode_client_message(data: str | bytes) -> ClientMessage:
@@ -149,7 +150,9 @@ def _decode(message: dict[str, Any]) -> ClientMessage:
         token = message.get("token")
         if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
             raise ProtocolError(
-                ErrorCode.UNAUTHORIZED, "'token' must be a non-empty string (a JWT)"
+                ErrorCode.UNAUTHORIZED,
+                f"'token' must be a non-empty string (a JWT) "
+                f"of at most {MAX_TOKEN_LENGTH} characters",
             )
         return Auth(token)
     raise ProtocolError(

@@ -39,7 +39,13 @@ from pgcast.client._protocol import (
     normalize_url,
     subscribe_frame,
 )
-from pgcast.exceptions import PgcastError
+from pgcast.exceptions import (
+    ClientClosed,
+    ClientError,
+    ConnectionRejected,
+    FrameTooBig,
+    SubscriptionRefused,
+)
 
 __all__ = [
     "Client",
@@ -57,58 +63,6 @@ __all__ = [
 logger = logging.getLogger("pgcast.client")
 
 _PING = encode({"type": "ping"})
-_CLOSE_MEANINGS = {
-    4500: "protocol violation",
-    4501: "unauthorized",
-    4502: "forbidden",
-    4503: "token expired",
-}
-
-
-# -- errors -------------------------------------------------------------------------
-
-
-class ClientError(PgcastError):
-    """Base class of the errors the Python client raises."""
-
-
-class SubscriptionRefused(ClientError):
-    """The gateway answered a ``subscribe`` with ``error``; it is not retried."""
-
-    def __init__(self, code: str, message: str, *, target: str) -> None:
-        hint = {
-            "bad_filter": "check the filter syntax, e.g. status=eq.pending&amount=gt.100",
-            "forbidden": "the token does not allow this table or channel",
-        }.get(code)
-        super().__init__(f"subscription to {target} refused: {code}: {message}", hint=hint)
-        self.code = code
-        self.target = target
-
-
-class ConnectionRejected(ClientError):
-    """The gateway closed with a do-not-reconnect code (4500-4999) or refused the
-    handshake (HTTP 401/403, reported as 4501/4502). The client is closed."""
-
-    def __init__(self, code: int, reason: str, *, http_status: int | None = None) -> None:
-        meaning = _CLOSE_MEANINGS.get(code, "do not reconnect")
-        detail = f"HTTP {http_status}" if http_status is not None else f"close code {code}"
-        message = f"gateway rejected the connection ({detail}, {meaning})"
-        if reason:
-            message += f": {reason}"
-        hint = "pass a valid token" if code in (4501, 4503) else None
-        super().__init__(message, hint=hint)
-        self.code = code
-        self.reason = reason
-        self.http_status = http_status
-
-
-class FrameTooBig(ClientError):
-    """The gateway closed with 1009 while this subscribe was unanswered: the
-    subscribe frame is too big and is not resent."""
-
-
-class ClientClosed(ClientError):
-    """The client was closed; it cannot subscribe any more."""
 
 
 # -- states -------------------------------------------------------------------------
