@@ -24,7 +24,6 @@ the native transport does. Reading pauses the same way: the gateway's
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import enum
 import logging
@@ -32,8 +31,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Mutable
 from typing import Any
 
 import orjson
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
 
 from . import __version__
 from .auth import AuthConfig, load_auth_config
@@ -42,8 +39,9 @@ from .exceptions import PgcastError
 from .hooks import ChangeHooks, HookFunction
 from .protocol import CloseCode
 from .server import Gateway
-from .transports.outbox import MAX_BUFFERED_BYTES
-from .transports.websocket import CLOSE_TIMEOUT
+from .transports import Refusal, RequestHead
+from .transports.outbox import Outbox, OutboxConnection
+from .transports.websocket import CLOSE_TIMEOUT, refusal_body
 
 logger = logging.getLogger("pgcast.asgi")
 
@@ -67,104 +65,63 @@ class AppState(enum.Enum):
     STOPPED = "stopped"
 
 
-class _ReadGate(asyncio.Transport):
-    """What the gateway sees as ``conn.transport``: only pause/resume reading work.
+class AsgiWebSocket(OutboxConnection):
+    """One ASGI WebSocket, as a :class:`pgcast.transports.Connection` of the gateway.
 
-    The gateway pauses a client that sends faster than it answers; the ASGI reader
-    then stops calling ``receive`` until it resumes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.readable = asyncio.Event()
-        self.readable.set()
-        self._closing = False
-
-    def pause_reading(self) -> None:
-        self.readable.clear()
-
-    def resume_reading(self) -> None:
-        self.readable.set()
-
-    def is_reading(self) -> bool:
-        return self.readable.is_set()
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        self._closing = True
-        self.readable.set()
-
-
-class AsgiWebSocket:
-    """One ASGI WebSocket, as a ``ClientTransport`` of the gateway."""
+    Its outbox is the native transports' (:class:`pgcast.transports.outbox.Outbox`):
+    ``paused`` while the writer task is blocked in ``await send``, which is when the
+    slow-consumer rule applies."""
 
     def __init__(
         self,
         gateway: Gateway,
         send: Send,
         *,
-        request: Request,
+        head: RequestHead,
         peer: str,
         outbox_limit: int,
         max_frame_bytes: int,
     ) -> None:
         self.gateway = gateway
+        self.events = gateway
         self.peer = peer
-        self.outbox_limit = outbox_limit
+        self.head = head
         self.max_frame_bytes = max_frame_bytes
-        self._gate = _ReadGate()
-        self.transport: asyncio.Transport | None = self._gate
-        self._request = request
+        self.outbox = Outbox(outbox_limit)
         self._send = send
-        self._outbox: collections.deque[bytes] = collections.deque()
-        self._outbox_bytes = 0
-        self.max_buffered_bytes = MAX_BUFFERED_BYTES
+        self._readable = asyncio.Event()  # cleared while the gateway pauses reading
+        self._readable.set()
         self._wake = asyncio.Event()  # the writer has something to do
-        self._empty = asyncio.Event()  # the outbox is empty (drained() waits on it)
-        self._empty.set()
         self._open = False
-        self._sending = False
         self._closing: tuple[int, str] | None = None
         self._close_sent = False
         self._writer: asyncio.Task[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
 
-    # ClientTransport ----------------------------------------------------------------
-
-    @property
-    def request(self) -> Request | None:
-        return self._request
+    # Connection -----------------------------------------------------------------------
 
     @property
     def is_open(self) -> bool:
         return self._open and self._closing is None
 
     def queue_change(self, prefix: bytes, body: bytes, change_id: int) -> None:
-        self._queue(prefix + body)
+        self.outbox.add(prefix + body)  # one piece: one ASGI message
 
     def queue_message(self, prefix: bytes, body: bytes) -> None:
-        self._queue(prefix + body)
+        self.outbox.add(prefix + body)
 
     def send(self, payload: bytes) -> None:
-        self._queue(payload)
+        self.outbox.add(payload)
         self.flush()
 
-    def flush(self) -> None:
-        """Wake the writer; enforce the outbox limit while it is blocked on a send."""
-        if not self._outbox:
-            return
-        if not self.is_open:
-            self._clear()
-            return
-        if self._sending and (
-            len(self._outbox) > self.outbox_limit or self._outbox_bytes > self.max_buffered_bytes
-        ):
-            self._clear()
-            self.gateway.overflowed(self)
-            self.close(CloseCode.SLOW_CONSUMER, "outbox overflow: reconnect and resume")
-            return
+    def _write_out(self) -> None:
         self._wake.set()
+
+    def pause_reading(self) -> None:
+        self._readable.clear()
+
+    def resume_reading(self) -> None:
+        self._readable.set()
 
     def close(self, code: int, reason: str = "") -> None:
         """Send what is queued, then the close frame (the writer does it)."""
@@ -179,15 +136,14 @@ class AsgiWebSocket:
         """ASGI cannot cut a socket; drop the outbox and end the connection's tasks."""
         self._clear()
         self._open = False
-        self._gate.close()
+        self._readable.set()
         if self._writer is not None:
             self._writer.cancel()
 
     async def drained(self) -> None:
         """Return once the writer has handed every queued frame to the server."""
-        while self._outbox and self.is_open:
-            self._empty.clear()
-            await self._empty.wait()
+        while (self.outbox.frames or self.outbox.paused) and self.is_open:
+            await self.outbox.released()
 
     # the connection's life ------------------------------------------------------------
 
@@ -218,8 +174,8 @@ class AsgiWebSocket:
 
     async def _read(self, receive: Receive) -> None:
         while True:
-            await self._gate.readable.wait()
-            if self._gate.is_closing():
+            await self._readable.wait()
+            if not self._open:
                 return
             message = await receive()
             kind = message["type"]
@@ -237,18 +193,20 @@ class AsgiWebSocket:
                 self.gateway.received(self, data)
 
     async def _write(self) -> None:
+        outbox = self.outbox
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._outbox:
-                data = self._outbox.popleft()
-                self._outbox_bytes -= len(data)
-                self._sending = True
+            while outbox.frames:
+                # While a send is blocked the outbox is paused: frames queued meanwhile
+                # count against its limit (4001), as on a backed-up socket.
+                outbox.paused = True
                 try:
-                    await self._send({"type": "websocket.send", "text": data.decode()})
+                    for data in outbox.take_frames():
+                        await self._send({"type": "websocket.send", "text": data.decode()})
                 finally:
-                    self._sending = False
-            self._empty.set()
+                    outbox.paused = False
+            outbox.release()
             if not self._open:
                 return
             if self._closing is not None:
@@ -257,16 +215,9 @@ class AsgiWebSocket:
                 self._close_sent = True
                 return
 
-    def _queue(self, data: bytes) -> None:
-        if not self.is_open:
-            return
-        self._outbox.append(data)
-        self._outbox_bytes += len(data)
-
     def _clear(self) -> None:
-        self._outbox.clear()
-        self._outbox_bytes = 0
-        self._empty.set()
+        self.outbox.clear()
+        self.outbox.release()
 
 
 class PgcastASGI:
@@ -443,14 +394,13 @@ class PgcastASGI:
         conn = AsgiWebSocket(
             gateway,
             send,
-            request=_request(scope),
+            head=_request_head(scope),
             peer=_peer(scope),
             outbox_limit=self.settings.outbox_limit,
             max_frame_bytes=self.settings.max_frame_bytes,
         )
         try:
-            assert conn.request is not None
-            refusal = gateway.admit(conn, conn.request)
+            refusal = gateway.admit(conn)
             if refusal is not None:
                 await _refuse(scope, send, refusal)
                 return
@@ -497,14 +447,14 @@ def _route_path(scope: Scope) -> str:
     return path or "/"
 
 
-def _request(scope: Scope) -> Request:
-    """The handshake as the gateway's admission code reads it (path with query, headers)."""
+def _request_head(scope: Scope) -> RequestHead:
+    """The request as the gateway's admission code reads it (path with query, headers)."""
     query = scope.get("query_string", b"").decode("latin-1")
     target = _route_path(scope) + ("?" + query if query else "")
-    headers = Headers(
+    headers = tuple(
         (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
     )
-    return Request(target, headers)
+    return RequestHead(target, headers)
 
 
 def _peer(scope: Scope) -> str:
@@ -527,21 +477,22 @@ async def _respond(
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-async def _refuse(scope: Scope, send: Send, refusal: Response) -> None:
+async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:
     """Refuse a WebSocket handshake with the gateway's HTTP answer when the server can
     send one (the ``websocket.http.response`` extension), else with close code 1008."""
     if "websocket.http.response" in scope.get("extensions", {}):
-        headers = [(b"content-type", _JSON), (b"content-length", str(len(refusal.body)).encode())]
+        body = refusal_body(refusal)
+        headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
         await send(
             {
                 "type": "websocket.http.response.start",
-                "status": refusal.status_code,
+                "status": refusal.status,
                 "headers": headers,
             }
         )
-        await send({"type": "websocket.http.response.body", "body": refusal.body})
+        await send({"type": "websocket.http.response.body", "body": body})
         return
-    reason = orjson.loads(refusal.body).get("message", "refused")[:120]
+    reason = refusal.message[:120]
     await send({"type": "websocket.close", "code": 1008, "reason": reason})
 
 

@@ -33,7 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import pgcast.client
-import pgcast.server
+import pgcast.connections
 from pgcast.auth import AuthConfig, load_auth_config
 from pgcast.capture.installer import track
 from pgcast.identifiers import parse_table_name
@@ -542,7 +542,7 @@ async def test_token_expiring_on_a_live_connection_closes_4503_unless_refreshed(
 async def test_first_message_auth_flow(
     database_url: str, tables: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pgcast.server, "AUTH_TIMEOUT", 1.0)
+    monkeypatch.setattr(pgcast.connections, "AUTH_TIMEOUT", 1.0)
     auth = make_auth(tmp_path)
     async with running_gateway(database_url, auth=auth) as gateway, witness(gateway) as good:
         before = await db_fingerprint(tables)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl
 
 import orjson
@@ -32,7 +32,8 @@ from websockets.http11 import Request
 
 from ..exceptions import ProtocolError
 from ..protocol import CloseCode, ErrorCode
-from .outbox import Outbox
+from . import Connection, RequestHead
+from .outbox import Outbox, OutboxConnection
 from .pending import PendingRequests
 from .websocket import (
     CLOSE_TIMEOUT,
@@ -40,6 +41,7 @@ from .websocket import (
     Application,
     WebSocketConnection,
     http_response,
+    request_head,
 )
 
 logger = logging.getLogger("pgcast.transport")
@@ -69,16 +71,16 @@ _SNAPSHOT_DONE = b',"done":true,"position":"'
 class StreamApplication(Protocol):
     """What an SSE stream needs from the gateway."""
 
-    def opened_stream(self, conn: SseConnection, subscribe: dict[str, Any]) -> str | None:
+    def opened_stream(self, conn: Connection, subscribe: dict[str, Any]) -> str | None:
         """Register ``conn`` and start its ``subscribe`` message; return the log position a
         ``welcome`` would carry (None until the gateway has read the log)."""
 
-    def closed(self, conn: SseConnection) -> None: ...
+    def closed(self, conn: Connection) -> None: ...
 
-    def overflowed(self, conn: SseConnection) -> None: ...
+    def overflowed(self, conn: Connection) -> None: ...
 
 
-def subscribe_message(request: Request) -> dict[str, Any]:
+def subscribe_message(head: RequestHead) -> dict[str, Any]:
     """The ``subscribe`` message equivalent to an SSE request; validation is the gateway's.
 
     Query parameters (form-encoded, as ``URLSearchParams`` writes them): ``table``,
@@ -87,7 +89,7 @@ def subscribe_message(request: Request) -> dict[str, Any]:
     unknown fields of ``subscribe``). A ``Last-Event-ID`` header (an EventSource
     reconnecting) replaces ``since`` and cancels ``snapshot``: the client resumes.
     """
-    _, _, query = request.path.partition("?")
+    query = head.query
     message: dict[str, Any] = {"type": "subscribe", "id": SUB_ID}
     seen: set[str] = set()
     for key, value in parse_qsl(query, keep_blank_values=True):
@@ -104,7 +106,7 @@ def subscribe_message(request: Request) -> dict[str, Any]:
             message[key] = value.split(",")
         elif key == "snapshot":
             message[key] = {"true": True, "false": False}.get(value, value)
-    last_event_id = request.headers.get("Last-Event-ID", "").strip()
+    last_event_id = (head.header("Last-Event-ID") or "").strip()
     if last_event_id and "channel" not in message:  # a channel has no replay: ignored
         message["since"] = last_event_id
         message.pop("snapshot", None)
@@ -132,12 +134,13 @@ def _snapshot_done_position(payload: bytes) -> bytes | None:
     return position if position and all(c in b"0123456789:," for c in position) else None
 
 
-class SseConnection(asyncio.Protocol):
+class SseConnection(OutboxConnection, asyncio.Protocol):
     """One ``GET /sse`` stream carrying one subscription (id ``"sse"``)."""
 
-    def __init__(self, app: StreamApplication, request: Request, *, outbox_limit: int) -> None:
+    def __init__(self, app: StreamApplication, head: RequestHead, *, outbox_limit: int) -> None:
         self.app = app
-        self.request = request
+        self.events = app
+        self.head = head
         self.outbox_limit = outbox_limit
         self.heartbeat_interval = HEARTBEAT_INTERVAL
         self.transport: asyncio.Transport | None = None
@@ -153,7 +156,7 @@ class SseConnection(asyncio.Protocol):
     # asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
@@ -177,20 +180,12 @@ class SseConnection(asyncio.Protocol):
             self._registered = False
             self.app.closed(self)
 
-    def pause_writing(self) -> None:
-        self.outbox.paused = True
-
-    def resume_writing(self) -> None:
-        self.outbox.paused = False
-        self.flush()
-        self.outbox.release()
-
     # opening -----------------------------------------------------------------------
 
     def open(self) -> None:
         """Start the stream's subscription (after ``connection_made``)."""
         try:
-            message = subscribe_message(self.request)
+            message = subscribe_message(self.head)
         except ProtocolError as exc:
             self._refuse(exc.code, str(exc))
             return
@@ -237,20 +232,6 @@ class SseConnection(asyncio.Protocol):
     def is_open(self) -> bool:
         return self.transport is not None and not self._closing
 
-    @property
-    def writable(self) -> bool:
-        """False while the socket's buffer is over its high-water mark."""
-        return not self.outbox.paused
-
-    @property
-    def max_buffered_bytes(self) -> int:
-        """Bytes that may wait for a backed-up socket before the client counts as slow."""
-        return self.outbox.max_bytes
-
-    @max_buffered_bytes.setter
-    def max_buffered_bytes(self, value: int) -> None:
-        self.outbox.max_bytes = value
-
     async def drained(self) -> None:
         """Return once the socket accepts writes again (immediately if it does now)."""
         if self.transport is not None and not self.transport.is_closing():
@@ -265,24 +246,17 @@ class SseConnection(asyncio.Protocol):
         """Queue one channel message event, data ``prefix + body``; call flush() after a batch."""
         self.outbox.add(b"event: message\ndata: ", prefix, body, _END)
 
-    def flush(self) -> None:
-        """Write every queued event in one call, or enforce the outbox limit while paused."""
-        outbox = self.outbox
-        if not outbox.frames or self.transport is None:
-            return
-        if self._closing:
-            outbox.clear()
-            return
-        if outbox.overflowing:
-            outbox.clear()
-            self.app.overflowed(self)
-            self.close(CloseCode.SLOW_CONSUMER, "outbox overflow: reconnect and resume")
-            return
-        if outbox.paused:
-            return
+    def _write_out(self) -> None:
+        assert self.transport is not None
         if not self._started:
             self._start()
-        self.transport.write(outbox.take())
+        self.transport.write(self.outbox.take())
+
+    def pause_reading(self) -> None:
+        """An EventSource sends nothing after its request: nothing to pause."""
+
+    def resume_reading(self) -> None:
+        """See pause_reading."""
 
     def send(self, payload: bytes) -> None:
         """Send one control message (subscribed, snapshot, resync, error) as an event.
@@ -379,8 +353,8 @@ class HttpConnection(WebSocketConnection):
         if request.path.partition("?")[0] != SSE_PATH or self.transport is None:
             super()._on_request(request)
             return
-        self.request = request
-        stream = SseConnection(self.streams, request, outbox_limit=self.outbox_limit)
+        self.head = request_head(request)
+        stream = SseConnection(self.streams, self.head, outbox_limit=self.outbox_limit)
         self.transport.set_protocol(stream)
         stream.connection_made(self.transport)
         stream.open()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-from typing import Protocol
+from typing import Protocol, cast
 
 import orjson
 from websockets.datastructures import Headers
@@ -34,10 +34,10 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from ..protocol import CloseCode
+from . import Connection, Refusal, RequestHead
 from .frames import text_frame, text_frame_header
 from .http import HttpError, HttpRequest, canonical_head, head_complete, parse_head
-from .outbox import Outbox
+from .outbox import Outbox, OutboxConnection
 from .pending import PendingRequests
 
 logger = logging.getLogger("pgcast.transport")
@@ -55,17 +55,17 @@ class Application(Protocol):
     async def http(self, request: HttpRequest) -> Response:
         """The response to a plain HTTP request (anything but a WebSocket or SSE stream)."""
 
-    def admit(self, conn: WebSocketConnection, request: Request) -> Response | None:
-        """Vet an upgrade (origin, token, limits): None admits it, a Response refuses it."""
+    def admit(self, conn: Connection) -> Refusal | None:
+        """Vet an upgrade (origin, token, limits) by ``conn.head``: None admits it."""
 
-    def opened(self, conn: WebSocketConnection) -> None: ...
+    def opened(self, conn: Connection) -> None: ...
 
-    def received(self, conn: WebSocketConnection, data: str | bytes) -> None:
+    def received(self, conn: Connection, data: str | bytes) -> None:
         """A text (str) or binary (bytes) message from the client."""
 
-    def closed(self, conn: WebSocketConnection) -> None: ...
+    def closed(self, conn: Connection) -> None: ...
 
-    def overflowed(self, conn: WebSocketConnection) -> None:
+    def overflowed(self, conn: Connection) -> None:
         """``conn``'s outbox overflowed; it is being closed with 4001."""
 
 
@@ -82,7 +82,24 @@ def http_response(status: int, reason: str, body: bytes, content_type: str) -> R
     return Response(status, reason, headers, body)
 
 
-class WebSocketConnection(asyncio.Protocol):
+_REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests"}
+
+
+def refusal_body(refusal: Refusal) -> bytes:
+    """The JSON ``error`` body every transport answers a refused connection with."""
+    return orjson.dumps({"type": "error", "code": refusal.code, "message": refusal.message})
+
+
+def refusal_response(refusal: Refusal) -> Response:
+    reason = _REASONS.get(refusal.status, "Bad Request")
+    return http_response(refusal.status, reason, refusal_body(refusal), "application/json")
+
+
+def request_head(request: Request) -> RequestHead:
+    return RequestHead(request.path, tuple(request.headers.raw_items()))
+
+
+class WebSocketConnection(OutboxConnection, asyncio.Protocol):
     """One client connection: HTTP request, then (usually) a WebSocket."""
 
     stream_paths: frozenset[str] = frozenset({"/ws"})  # GET paths handled as streams
@@ -96,11 +113,12 @@ class WebSocketConnection(asyncio.Protocol):
         pending_requests: PendingRequests,
     ) -> None:
         self.app = app
+        self.events = app
         # max_size bounds a whole message, fragments included (1009 past it).
         self.ws = ServerProtocol(max_size=max_frame_bytes)
         self.outbox_limit = outbox_limit
         self.transport: asyncio.Transport | None = None
-        self.request: Request | None = None
+        self.head = RequestHead("/")
         self.peer: str = "?"
         self.session: object = None  # set by the gateway
         self.outbox = Outbox(outbox_limit)
@@ -122,7 +140,8 @@ class WebSocketConnection(asyncio.Protocol):
     # asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # Any event loop's stream transport (asyncio's or uvloop's) has these methods.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
@@ -174,33 +193,11 @@ class WebSocketConnection(asyncio.Protocol):
             self._upgraded = False
             self.app.closed(self)
 
-    def pause_writing(self) -> None:
-        self.outbox.paused = True
-
-    def resume_writing(self) -> None:
-        self.outbox.paused = False
-        self.flush()
-        self.outbox.release()
-
     # outgoing ---------------------------------------------------------------------
 
     @property
     def is_open(self) -> bool:
         return self._upgraded and self.ws.state is OPEN
-
-    @property
-    def writable(self) -> bool:
-        """False while the socket's buffer is over its high-water mark."""
-        return not self.outbox.paused
-
-    @property
-    def max_buffered_bytes(self) -> int:
-        """Bytes that may wait for a backed-up socket before the client counts as slow."""
-        return self.outbox.max_bytes
-
-    @max_buffered_bytes.setter
-    def max_buffered_bytes(self, value: int) -> None:
-        self.outbox.max_bytes = value
 
     async def drained(self) -> None:
         """Return once the socket accepts writes again (immediately if it does now)."""
@@ -218,20 +215,17 @@ class WebSocketConnection(asyncio.Protocol):
     def queue_frame(self, frame: bytes) -> None:
         self.outbox.add(frame)
 
-    def flush(self) -> None:
-        """Write every queued frame in one call, or enforce the outbox limit while paused."""
-        outbox = self.outbox
-        if not outbox.frames or self.transport is None:
-            return
-        if not self.is_open:
-            outbox.clear()
-            return
-        if outbox.overflowing:
-            outbox.clear()
-            self.app.overflowed(self)
-            self.close(CloseCode.SLOW_CONSUMER, "outbox overflow: reconnect and resume")
-        elif not outbox.paused:
-            self.transport.write(outbox.take())
+    def _write_out(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.outbox.take())
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def send(self, payload: bytes) -> None:
         """Queue and flush one message (control messages: welcome, errors, acks)."""
@@ -343,14 +337,14 @@ class WebSocketConnection(asyncio.Protocol):
         self._write_protocol_data()
 
     def _on_request(self, request: Request) -> None:
-        self.request = request
+        self.head = request_head(request)
         # websockets vets the handshake first: the gateway only sees (and records)
         # upgrades that will open, so a refused one leaves nothing behind.
         response = self.ws.accept(request)
         if response.status_code == 101:
-            refusal = self.app.admit(self, request)
+            refusal = self.app.admit(self)
             if refusal is not None:
-                response = refusal
+                response = refusal_response(refusal)
         self.ws.send_response(response)
         if response.status_code == 101:
             self._write_protocol_data()
@@ -420,4 +414,12 @@ class WebSocketConnection(asyncio.Protocol):
             self._close_timer = loop.call_later(CLOSE_TIMEOUT, self.abort)
 
 
-__all__ = ["Application", "WebSocketConnection", "http_response", "text_frame_header"]
+__all__ = [
+    "Application",
+    "WebSocketConnection",
+    "http_response",
+    "refusal_body",
+    "refusal_response",
+    "request_head",
+    "text_frame_header",
+]
