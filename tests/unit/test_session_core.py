@@ -280,3 +280,34 @@ def test_binary_frames_and_unknown_subscriptions_get_errors_not_closes() -> None
     carry_out(conn, session.receive(message(type="unsubscribe", id="nope")))
     assert conn.messages()[-1]["code"] == "unknown_subscription"
     assert conn.closed is None
+
+
+def test_a_node_delivers_a_batch_to_fake_connections_with_one_flush_each() -> None:
+    from pgcast.config import load_settings
+    from pgcast.events import ChangeEvent
+    from pgcast.node import Node
+
+    node = Node(load_settings({}, env={}), "postgresql://unused/db", auth=policy().auth)
+    conns = {merchant: FakeConnection() for merchant in (7, 8)}
+    for merchant, conn in conns.items():
+        session = authenticated(conn, merchant=merchant)
+        [resolve] = carry_out(
+            conn, session.receive(message(type="subscribe", id="o", table="orders"))
+        )
+        assert isinstance(resolve, ResolveTable)
+        [watch] = carry_out(conn, session.table_resolved(resolve.request, ORDERS))
+        assert isinstance(watch, Watch)
+        node.watch(watch.sub)
+        conn.sent.clear()
+        conn.flushes = 0
+    batch = [
+        ChangeEvent.from_dicts(
+            id=i, schema="public", table="orders", op="INSERT", record={"id": i, "merchant_id": m}
+        )
+        for i, m in enumerate([7, 8, 7], start=1)
+    ]
+    node.dispatch(batch)
+    assert conns[7].flushes == 1 and conns[8].flushes == 1
+    assert [m["id"] for m in conns[7].messages()] == ["1", "3"]
+    assert [m["id"] for m in conns[8].messages()] == ["2"]
+    assert node.deliveries_out == 3
