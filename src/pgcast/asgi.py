@@ -1,9 +1,9 @@
 """The pgcast gateway as a pure ASGI application, to mount inside FastAPI, Starlette or
 Django's ASGI application (no Starlette or Django import here).
 
-Routes, relative to where the app is mounted: ``/ws`` (WebSocket, the same protocol
-as ``pgcast serve``), ``/health``, ``/metrics`` and ``/`` (a JSON index). ``/sse`` is
-not served over ASGI yet (404 with a pointer to ``pgcast serve``).
+Routes, relative to where the app is mounted, are ``pgcast serve``'s (one table,
+:mod:`pgcast.routes`): ``/ws`` (WebSocket), ``/sse`` (Server-Sent Events, for networks
+that block WebSockets), ``/health``, ``/metrics`` and ``/`` (a JSON index).
 
 Lifecycle: the gateway (LISTEN connection, pool, housekeeping, change hooks) starts
 on ``lifespan.startup`` and stops on ``lifespan.shutdown``, which closes the
@@ -11,14 +11,8 @@ remaining clients with 4000 (reconnect and resume). A host app that does not pas
 lifespan events to mounted apps (Starlette's ``Mount`` does not) runs
 ``pgcast_app.lifespan`` from its own: ``FastAPI(lifespan=pgcast_app.lifespan)``.
 
-Each WebSocket is an :class:`AsgiWebSocket`: the gateway calls it through the same
-``ClientTransport`` methods as a native connection. Those calls are synchronous and
-ASGI sends are not, so frames go to a bounded outbox that one writer task per
-connection drains with ``await send``. The outbox only grows while that send is
-blocked (the server's socket buffer is full: a slow client); past the gateway's
-``outbox_limit`` frames (or 32 MiB) the connection is closed with 4001, exactly as
-the native transport does. Reading pauses the same way: the gateway's
-``transport.pause_reading()`` stops the reader from calling ``receive``.
+Each WebSocket and each event stream is a connection of the gateway like a native
+one, with the same outbox and slow-consumer rule (:mod:`pgcast.transports.asgi`).
 """
 
 from __future__ import annotations
@@ -27,28 +21,24 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import orjson
 
 from . import __version__
+from . import routes as route_table
 from .auth import AuthConfig, load_auth_config
 from .config import Settings, load_settings
 from .exceptions import PgcastError
 from .hooks import ChangeHooks, HookFunction
-from .protocol import CloseCode
 from .server import Gateway
 from .transports import Refusal, RequestHead
-from .transports.outbox import Outbox, OutboxConnection
-from .transports.websocket import CLOSE_TIMEOUT, refusal_body
+from .transports.asgi import AsgiStreamSink, AsgiWebSocket, Receive, Scope, Send
+from .transports.sse import SseConnection
+from .transports.websocket import refusal_body
 
 logger = logging.getLogger("pgcast.asgi")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 _JSON = b"application/json"
 _NOT_STARTED = (
@@ -63,161 +53,6 @@ class AppState(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-class AsgiWebSocket(OutboxConnection):
-    """One ASGI WebSocket, as a :class:`pgcast.transports.Connection` of the gateway.
-
-    Its outbox is the native transports' (:class:`pgcast.transports.outbox.Outbox`):
-    ``paused`` while the writer task is blocked in ``await send``, which is when the
-    slow-consumer rule applies."""
-
-    def __init__(
-        self,
-        gateway: Gateway,
-        send: Send,
-        *,
-        head: RequestHead,
-        peer: str,
-        outbox_limit: int,
-        max_frame_bytes: int,
-    ) -> None:
-        self.gateway = gateway
-        self.events = gateway
-        self.peer = peer
-        self.head = head
-        self.max_frame_bytes = max_frame_bytes
-        self.outbox = Outbox(outbox_limit)
-        self._send = send
-        self._readable = asyncio.Event()  # cleared while the gateway pauses reading
-        self._readable.set()
-        self._wake = asyncio.Event()  # the writer has something to do
-        self._open = False
-        self._closing: tuple[int, str] | None = None
-        self._close_sent = False
-        self._writer: asyncio.Task[None] | None = None
-        self._deadline: asyncio.TimerHandle | None = None
-
-    # Connection -----------------------------------------------------------------------
-
-    @property
-    def is_open(self) -> bool:
-        return self._open and self._closing is None
-
-    def queue_change(self, prefix: bytes, body: bytes, change_id: int) -> None:
-        self.outbox.add(prefix + body)  # one piece: one ASGI message
-
-    def queue_message(self, prefix: bytes, body: bytes) -> None:
-        self.outbox.add(prefix + body)
-
-    def send(self, payload: bytes) -> None:
-        self.outbox.add(payload)
-        self.flush()
-
-    def _write_out(self) -> None:
-        self._wake.set()
-
-    def pause_reading(self) -> None:
-        self._readable.clear()
-
-    def resume_reading(self) -> None:
-        self._readable.set()
-
-    def close(self, code: int, reason: str = "") -> None:
-        """Send what is queued, then the close frame (the writer does it)."""
-        if self._closing is not None:
-            return
-        self._closing = (code, reason)
-        self._wake.set()
-        # A client that does not read keeps our send blocked: give up on it in time.
-        self._deadline = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.abort)
-
-    def abort(self) -> None:
-        """ASGI cannot cut a socket; drop the outbox and end the connection's tasks."""
-        self._clear()
-        self._open = False
-        self._readable.set()
-        if self._writer is not None:
-            self._writer.cancel()
-
-    async def drained(self) -> None:
-        """Return once the writer has handed every queued frame to the server."""
-        while (self.outbox.frames or self.outbox.paused) and self.is_open:
-            await self.outbox.released()
-
-    # the connection's life ------------------------------------------------------------
-
-    async def run(self, receive: Receive) -> None:
-        """Serve an accepted WebSocket until it closes (the gateway knows it meanwhile)."""
-        self._open = True
-        self.gateway.opened(self)
-        writer = asyncio.create_task(self._write(), name=f"pgcast-asgi-writer-{self.peer}")
-        self._writer = writer
-        reader = asyncio.create_task(self._read(receive), name=f"pgcast-asgi-reader-{self.peer}")
-        try:
-            done, _ = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if reader not in done and self._close_sent:
-                # We sent the close frame: give the client time to answer it.
-                await asyncio.wait({reader}, timeout=CLOSE_TIMEOUT)
-        finally:
-            self._open = False
-            if self._deadline is not None:
-                self._deadline.cancel()
-            for task in (writer, reader):
-                task.cancel()
-            for result in await asyncio.gather(writer, reader, return_exceptions=True):
-                if isinstance(result, Exception):
-                    # The client left while we were writing: nothing to tell anyone.
-                    logger.debug("WebSocket %s ended: %r", self.peer, result)
-            self._clear()
-            self.gateway.closed(self)
-
-    async def _read(self, receive: Receive) -> None:
-        while True:
-            await self._readable.wait()
-            if not self._open:
-                return
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.disconnect":
-                return
-            if kind != "websocket.receive":
-                continue
-            text = message.get("text")
-            data: str | bytes = text if text is not None else (message.get("bytes") or b"")
-            size = len(data) if isinstance(data, bytes) else len(data.encode())
-            if size > self.max_frame_bytes:
-                self.close(CloseCode.MESSAGE_TOO_BIG, f"frame over {self.max_frame_bytes} bytes")
-                continue
-            if self.is_open:
-                self.gateway.received(self, data)
-
-    async def _write(self) -> None:
-        outbox = self.outbox
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while outbox.frames:
-                # While a send is blocked the outbox is paused: frames queued meanwhile
-                # count against its limit (4001), as on a backed-up socket.
-                outbox.paused = True
-                try:
-                    for data in outbox.take_frames():
-                        await self._send({"type": "websocket.send", "text": data.decode()})
-                finally:
-                    outbox.paused = False
-            outbox.release()
-            if not self._open:
-                return
-            if self._closing is not None:
-                code, reason = self._closing
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
-                self._close_sent = True
-                return
-
-    def _clear(self) -> None:
-        self.outbox.clear()
-        self.outbox.release()
 
 
 class PgcastASGI:
@@ -319,7 +154,7 @@ class PgcastASGI:
         if kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "http":
-            await self._http(scope, send)
+            await self._http(scope, receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
         else:
@@ -346,45 +181,39 @@ class PgcastASGI:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _http(self, scope: Scope, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = _route_path(scope)
+        head = scope["method"] == "HEAD"
         gateway = self._gateway
         if gateway is None:
-            await _respond(send, 503, orjson.dumps({"error": _NOT_STARTED}), _JSON)
+            await _respond(send, route_table.Answer(503, orjson.dumps({"error": _NOT_STARTED})))
             return
-        if path == "/health":
-            health = gateway.health()
-            status = 200 if health["status"] == "ok" else 503
-            body = orjson.dumps(health)
-            await _respond(send, status, body, _JSON, head=scope["method"] == "HEAD")
-        elif path == "/metrics":
-            body = gateway.metrics().encode()
-            content_type = b"text/plain; version=0.0.4"
-            await _respond(send, 200, body, content_type, head=scope["method"] == "HEAD")
-        elif path in ("/", ""):
-            index = {
-                "name": "pgcast",
-                "version": __version__,
-                "websocket": "ws",
-                "health": "health",
-                "metrics": "metrics",
-            }
-            await _respond(send, 200, orjson.dumps(index), _JSON)
-        elif path == "/sse":
-            message = (
-                "Server-Sent Events are not served by the ASGI app yet; "
-                "use the WebSocket (/ws), or run `pgcast serve` beside the app for /sse"
-            )
-            await _respond(send, 404, orjson.dumps({"error": message}), _JSON)
-        else:
-            await _respond(send, 404, b'{"error":"not found"}', _JSON)
+        if route_table.STREAMS.get(path) == "sse" and scope["method"] == "GET":
+            await self._sse(gateway, scope, receive, send)
+            return
+        found = route_table.answer(gateway, path)
+        if found is None:
+            found = route_table.index("") if path in ("/", "") else route_table.not_found()
+        await _respond(send, found, head=head)
+
+    async def _sse(self, gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /sse``: one subscription as an event stream, as under ``pgcast serve``."""
+        head = _request_head(scope)
+        stream = SseConnection(gateway, head, outbox_limit=self.settings.outbox_limit)
+        sink = AsgiStreamSink(stream, send)
+        stream.attach(sink, _peer(scope))
+        try:
+            stream.open()
+            await sink.run(receive)
+        finally:
+            stream.ended()
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
         gateway = self._gateway
-        if _route_path(scope) != "/ws":
+        if route_table.STREAMS.get(_route_path(scope)) != "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "not found: use /ws"})
             return
         if gateway is None or self.state is not AppState.RUNNING:
@@ -465,16 +294,14 @@ def _peer(scope: Scope) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-async def _respond(
-    send: Send, status: int, body: bytes, content_type: bytes, *, head: bool = False
-) -> None:
+async def _respond(send: Send, answer: route_table.Answer, *, head: bool = False) -> None:
     headers = [
-        (b"content-type", content_type),
-        (b"content-length", str(len(body)).encode()),
+        (b"content-type", answer.content_type.encode()),
+        (b"content-length", str(len(answer.body)).encode()),
         (b"cache-control", b"no-store"),
     ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else answer.body})
 
 
 async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:

@@ -13,10 +13,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-import orjson
 from websockets.http11 import Response
 
-from . import __version__
+from . import routes as route_table
 from .auth import AuthConfig
 from .config import Settings
 from .connections import AUTH_TIMEOUT, INBOX_BYTES, INBOX_LIMIT
@@ -96,29 +95,19 @@ class Gateway(Node):
 
     async def http(self, request: HttpRequest) -> Response:
         """Plain HTTP: the gateway's own routes, then the embedding app's (``routes``)."""
-        if request.path == "/health":
-            health = self.health()
-            ok = health["status"] == "ok"
-            status, reason = (200, "OK") if ok else (503, "Service Unavailable")
-            return http_response(status, reason, orjson.dumps(health), "application/json")
-        if request.path == "/metrics":
-            text = self.metrics().encode()
-            return http_response(200, "OK", text, "text/plain; version=0.0.4")
-        if self.routes is not None:
+        found = route_table.answer(self, request.path)
+        if found is None and self.routes is not None:
             response = await self.routes(request)
             if response is not None:
                 return response
-        if request.path == "/":
-            body = {
-                "name": "pgcast",
-                "version": __version__,
-                "websocket": "/ws",
-                "sse": "/sse",
-                "health": "/health",
-                "metrics": "/metrics",
-            }
-            return http_response(200, "OK", orjson.dumps(body), "application/json")
-        return http_response(404, "Not Found", b'{"error":"not found"}', "application/json")
+        if found is None:
+            found = route_table.index("/") if request.path == "/" else route_table.not_found()
+        return http_response(
+            found.status, _REASONS.get(found.status, ""), found.body, found.content_type
+        )
+
+
+_REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
 
 
 async def serve(

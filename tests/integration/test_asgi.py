@@ -160,8 +160,8 @@ async def test_health_metrics_and_unknown_paths(
         assert float(samples["pgcast_deliveries_total"]) == 1
         assert float(samples["pgcast_hook_drops_total"]) == 0
         assert (await http.get(server.url("/nope"))).status_code == 404
-        sse = await http.get(server.url("/sse?table=orders"))
-        assert sse.status_code == 404 and "pgcast serve" in sse.json()["error"]
+        index = (await http.get(server.url("/"))).json()
+        assert index["websocket"] == "ws" and index["sse"] == "sse"
 
 
 async def test_not_started_app_answers_503_and_names_the_missing_lifespan(
@@ -331,3 +331,46 @@ async def _close_code(reader: asyncio.StreamReader) -> int:
         payload = await reader.readexactly(length)
         if first & 0x0F == 0x8:
             return int.from_bytes(payload[:2], "big")
+
+
+async def _events(lines: AsyncIterator[str], count: int) -> list[dict[str, str]]:
+    """The next ``count`` events of an SSE body (comments skipped)."""
+    events: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    async with asyncio.timeout(TIMEOUT):
+        async for line in lines:
+            if not line:
+                if "data" in fields:
+                    events.append(fields)
+                    if len(events) == count:
+                        return events
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+    raise AssertionError(f"the stream ended after {events}")
+
+
+async def test_sse_is_served_under_asgi_like_under_pgcast_serve(
+    database_url: str, orders: asyncpg.Connection
+) -> None:
+    app = make_app(database_url)
+    async with serving(app) as server, httpx.AsyncClient(timeout=TIMEOUT) as http:
+        refused = await http.get(server.url("/sse?table=nope"))
+        assert refused.status_code == 404 and refused.json()["code"] == "unknown_table"
+        async with http.stream("GET", server.url("/sse?table=orders")) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"] == "text/event-stream"
+            lines = stream.aiter_lines()
+            [subscribed] = await _events(lines, 1)
+            assert subscribed["event"] == "subscribed"
+            assert orjson.loads(subscribed["data"])["table"] == "orders"
+            await orders.execute("INSERT INTO orders (status) VALUES ('sse')")
+            [change] = await _events(lines, 1)
+            data = orjson.loads(change["data"])
+            assert change["event"] == "change" and change["id"] == data["id"]
+            assert data["record"]["status"] == "sse"
+            assert app.gateway.health()["clients"] == 1
+        async with asyncio.timeout(TIMEOUT):
+            while app.gateway.health()["clients"]:  # noqa: ASYNC110 (no event to await)
+                await asyncio.sleep(0.01)

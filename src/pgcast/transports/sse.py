@@ -134,6 +134,66 @@ def _snapshot_done_position(payload: bytes) -> bytes | None:
     return position if position and all(c in b"0123456789:," for c in position) else None
 
 
+class StreamSink(Protocol):
+    """Where an event stream's bytes go: a TCP transport, or an ASGI server's ``send``."""
+
+    @property
+    def closing(self) -> bool: ...
+
+    def start(self, headers: list[tuple[str, str]], first: bytes) -> None:
+        """Answer 200 with ``headers``; ``first`` opens the body."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def refuse(self, status: int, body: bytes) -> None:
+        """Answer ``status`` with a JSON ``body`` instead of a stream, and end."""
+
+    def end(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+STREAM_HEADERS = [
+    ("Content-Type", "text/event-stream"),
+    ("Cache-Control", "no-store"),
+    ("X-Accel-Buffering", "no"),
+]
+
+
+class TransportSink:
+    """An event stream over pgcast's own HTTP/1.1 server (an asyncio transport)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    @property
+    def closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def start(self, headers: list[tuple[str, str]], first: bytes) -> None:
+        lines = ["HTTP/1.1 200 OK", f"Date: {email.utils.formatdate(usegmt=True)}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        lines.append("Connection: keep-alive")
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode() + first)
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def refuse(self, status: int, body: bytes) -> None:
+        reason = _REASONS.get(status, "Bad Request")
+        self.transport.write(http_response(status, reason, body, "application/json").serialize())
+        self.transport.close()
+
+    def end(self) -> None:
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+
+_REASONS = {status: reason for status, reason in _ERROR_STATUS.values()}
+
+
 class SseConnection(OutboxConnection, asyncio.Protocol):
     """One ``GET /sse`` stream carrying one subscription (id ``"sse"``)."""
 
@@ -144,6 +204,7 @@ class SseConnection(OutboxConnection, asyncio.Protocol):
         self.outbox_limit = outbox_limit
         self.heartbeat_interval = HEARTBEAT_INTERVAL
         self.transport: asyncio.Transport | None = None
+        self.sink: StreamSink | None = None
         self.peer: str = "?"
         self.outbox = Outbox(outbox_limit)
         self._started = False  # the 200 response head is written
@@ -160,8 +221,12 @@ class SseConnection(OutboxConnection, asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
-        if peer:
-            self.peer = f"{peer[0]}:{peer[1]}"
+        self.attach(TransportSink(transport), f"{peer[0]}:{peer[1]}" if peer else "?")
+
+    def attach(self, sink: StreamSink, peer: str) -> None:
+        """Carry the stream over ``sink`` (before ``open``)."""
+        self.sink = sink
+        self.peer = peer
 
     def data_received(self, data: bytes) -> None:
         """An EventSource sends nothing after its request; anything else is ignored."""
@@ -170,6 +235,10 @@ class SseConnection(OutboxConnection, asyncio.Protocol):
         return None  # the client is gone: close
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.ended()
+
+    def ended(self) -> None:
+        """The stream is over (the client left, or we ended it): tell the gateway once."""
         self._closing = True
         for timer in (self._heartbeat, self._close_timer):
             if timer is not None:
@@ -195,46 +264,35 @@ class SseConnection(OutboxConnection, asyncio.Protocol):
 
     def _start(self) -> None:
         """Write the response head: from here on the reply is an event stream."""
-        assert self.transport is not None
+        assert self.sink is not None
         self._started = True
-        head = (
-            "HTTP/1.1 200 OK\r\n"
-            f"Date: {email.utils.formatdate(usegmt=True)}\r\n"
-            "Content-Type: text/event-stream\r\n"
-            "Cache-Control: no-store\r\n"
-            "X-Accel-Buffering: no\r\n"
-            "Connection: keep-alive\r\n"
-            "\r\n"
-            f"retry: {RETRY_MS}\n\n"
-        )
-        self.transport.write(head.encode())
+        self.sink.start(STREAM_HEADERS, f"retry: {RETRY_MS}\n\n".encode())
         self._heartbeat = asyncio.get_running_loop().call_later(self.heartbeat_interval, self._beat)
 
     def _beat(self) -> None:
-        if self.transport is None or self._closing:
+        if self.sink is None or self._closing:
             return
         if not self.outbox.paused and not self.outbox.frames:
-            self.transport.write(_PING)
+            self.sink.write(_PING)
         self._heartbeat = asyncio.get_running_loop().call_later(self.heartbeat_interval, self._beat)
 
     def _refuse(self, code: str, message: str) -> None:
         """Answer with an HTTP error and a JSON ``error`` body instead of a stream."""
-        assert self.transport is not None and not self._started
-        status, reason = _ERROR_STATUS.get(code, (400, "Bad Request"))
+        assert self.sink is not None and not self._started
+        status, _ = _ERROR_STATUS.get(code, (400, "Bad Request"))
         body = orjson.dumps({"type": "error", "code": code, "message": message})
         self._closing = True
-        self.transport.write(http_response(status, reason, body, "application/json").serialize())
-        self.transport.close()
+        self.sink.refuse(status, body)
 
     # outgoing (ClientTransport) -------------------------------------------------------
 
     @property
     def is_open(self) -> bool:
-        return self.transport is not None and not self._closing
+        return self.sink is not None and not self._closing
 
     async def drained(self) -> None:
         """Return once the socket accepts writes again (immediately if it does now)."""
-        if self.transport is not None and not self.transport.is_closing():
+        if self.sink is not None and not self.sink.closing:
             await self.outbox.drained()
 
     def queue_change(self, prefix: bytes, body: bytes, change_id: int) -> None:
@@ -247,10 +305,10 @@ class SseConnection(OutboxConnection, asyncio.Protocol):
         self.outbox.add(b"event: message\ndata: ", prefix, body, _END)
 
     def _write_out(self) -> None:
-        assert self.transport is not None
+        assert self.sink is not None
         if not self._started:
             self._start()
-        self.transport.write(self.outbox.take())
+        self.sink.write(self.outbox.take())
 
     def pause_reading(self) -> None:
         """An EventSource sends nothing after its request: nothing to pause."""
@@ -266,7 +324,7 @@ class SseConnection(OutboxConnection, asyncio.Protocol):
         """
         kind = _message_type(payload)
         if kind == b"error":
-            if not self._started and not self._closing and self.transport is not None:
+            if not self._started and not self._closing and self.sink is not None:
                 refused = orjson.loads(payload)
                 self._refuse(str(refused.get("code")), str(refused.get("message")))
                 return
@@ -284,22 +342,22 @@ class SseConnection(OutboxConnection, asyncio.Protocol):
 
     def close(self, code: int, reason: str = "") -> None:
         """End the stream (the EventSource reconnects after ``retry``); abort if it stalls."""
-        if self.transport is None or self._closing:
+        if self.sink is None or self._closing:
             return
         if not self.outbox.paused:
             self.flush()
             if not self._started:
                 self._start()
             comment = f": close {code} {reason}".replace("\r", " ").replace("\n", " ")
-            self.transport.write(comment.encode() + _END)
+            self.sink.write(comment.encode() + _END)
         self._closing = True
         self.outbox.clear()
-        self.transport.close()
+        self.sink.end()
         self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.abort)
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        if self.sink is not None:
+            self.sink.abort()
 
     # internals ----------------------------------------------------------------------
 
@@ -367,5 +425,6 @@ __all__ = [
     "HttpConnection",
     "SseConnection",
     "StreamApplication",
+    "StreamSink",
     "subscribe_message",
 ]

@@ -1,0 +1,62 @@
+"""The one route table of a gateway, whatever serves it (``pgcast serve`` or ASGI).
+
+``/ws`` is a WebSocket and ``/sse`` an event stream (both connections of the node);
+``/health``, ``/metrics`` and ``/`` are plain HTTP answers computed here, as data
+(status, body, content type) that the native HTTP server and the ASGI app each
+send their own way. An embedding app's own routes come after ``/health`` and
+``/metrics`` and before the index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Final
+
+import orjson
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["JSON", "STREAMS", "Answer", "answer", "index", "not_found"]
+
+JSON: Final = "application/json"
+# Paths whose GET opens a connection of the node, and the transport it takes.
+STREAMS: Final = {"/ws": "websocket", "/sse": "sse"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    """A plain HTTP answer: status, body and content type."""
+
+    status: int
+    body: bytes
+    content_type: str = JSON
+
+
+def answer(node: Node, path: str) -> Answer | None:
+    """The gateway's own answer to a plain request for ``path``; None if it has none."""
+    if path == "/health":
+        health = node.health()
+        return Answer(200 if health["status"] == "ok" else 503, orjson.dumps(health))
+    if path == "/metrics":
+        return Answer(200, node.metrics().encode(), "text/plain; version=0.0.4")
+    return None
+
+
+def index(base: str) -> Answer:
+    """``/``: what this gateway serves, as paths below ``base`` ("/" or "" when mounted)."""
+    body = {
+        "name": "pgcast",
+        "version": __version__,
+        "websocket": base + "ws",
+        "sse": base + "sse",
+        "health": base + "health",
+        "metrics": base + "metrics",
+    }
+    return Answer(200, orjson.dumps(body))
+
+
+def not_found() -> Answer:
+    return Answer(404, b'{"error":"not found"}')
