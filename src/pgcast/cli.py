@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from . import __version__
+from . import __version__, event_loop
 from .capture import installer
 from .capture.wal_status import explain_wal, wal_report
 from .config import Settings, load_settings
@@ -435,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"PGCAST_LOG_FORMAT={log_format!r} is not one of {', '.join(LOG_FORMATS)}")
     configure_logging(args.log_level or "info", log_format)
     try:
-        return asyncio.run(COMMANDS[args.command](args))
+        return event_loop.run(COMMANDS[args.command](args))
     except PgcastError as exc:
         print(f"pgcast: error: {exc}", file=sys.stderr)
         return (
