@@ -435,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"PGCAST_LOG_FORMAT={log_format!r} is not one of {', '.join(LOG_FORMATS)}")
     configure_logging(args.log_level or "info", log_format)
     try:
-        return event_loop.run(COMMANDS[args.command](args))
+        return event_loop.run(COMMANDS[args.command](args), serving=args.command == "serve")
     except PgcastError as exc:
         print(f"pgcast: error: {exc}", file=sys.stderr)
         return (

@@ -46,7 +46,13 @@ def loop_factory(
     return factory
 
 
-def run(main: Coroutine[Any, Any, T], *, env: Mapping[str, str] | None = None) -> T:
-    """``asyncio.run(main)`` on the chosen event loop."""
-    with asyncio.Runner(loop_factory=loop_factory(env)) as runner:
+def run(
+    main: Coroutine[Any, Any, T], *, serving: bool = True, env: Mapping[str, str] | None = None
+) -> T:
+    """``asyncio.run(main)`` on the chosen event loop.
+
+    ``serving=False`` (one-shot commands: track, status...) always takes asyncio's: they
+    deliver nothing, and asyncio's connection errors name the address they tried."""
+    factory = loop_factory(env) if serving else None
+    with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
