@@ -147,7 +147,8 @@ async def test_rest_api_validates_input(database_url: str) -> None:
         for method, path, body, status in cases:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             head = (
-                f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                f"Content-Length: {len(body)}\r\n"
                 "Content-Type: application/json\r\n\r\n"
             )
             writer.write(head.encode() + body)

@@ -56,7 +56,7 @@ class GatewayProcess:
 
     async def get(self, path: str) -> Any:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         data = await asyncio.wait_for(reader.read(), 10)
         writer.close()
         body = data.partition(b"\r\n\r\n")[2]

@@ -123,7 +123,7 @@ async def raw_upgrade(
 
 async def metric(port: int, name: str) -> float:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     text = (await closed_by_server(reader, TIMEOUT)).decode()
     writer.close()
     for line in text.splitlines():

@@ -191,7 +191,7 @@ async def test_health_reports_clients_and_listener(
 ) -> None:
     async with running_gateway(database_url) as gateway, ws_client(gateway):
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         response = await asyncio.wait_for(reader.read(), TIMEOUT)
         writer.close()
     head, _, body = response.partition(b"\r\n\r\n")
@@ -209,7 +209,7 @@ async def test_metrics_are_exposed_in_prometheus_format(
         await orders.execute("INSERT INTO orders (status) VALUES ('a'), ('b')")
         await client.changes(2)
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         response = await asyncio.wait_for(reader.read(), TIMEOUT)
         writer.close()
     head, _, body = response.partition(b"\r\n\r\n")

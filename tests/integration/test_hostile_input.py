@@ -141,14 +141,25 @@ async def test_http_paths_other_than_ws_and_health(
 ) -> None:
     async with running_gateway(database_url) as gateway:
         for request, status in [
-            (b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", b"404"),
+            # Answered requests keep the connection alive unless the client says close.
+            (b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"404"),
             (b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", b"426"),
-            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"200"),
-            (b"POST /health HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", b"200"),
-            (b"BREW /pot HTTP/1.1\r\n\r\n", b"405"),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"411"),
-            (b"POST / HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n", b"413"),
-            (b"GET / HTTP/1.1\r\n" + b"X-Pad: y\r\n" * 300 + b"\r\n", b"431"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"200"),
+            (
+                b"POST /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Content-Length: 2\r\n\r\n{}",
+                b"200",
+            ),
+            (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", b"405"),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"411"),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n", b"413"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: y\r\n" * 300 + b"\r\n", b"431"),
+            (b"GET / HTTP/1.1\r\n\r\n", b"400"),  # HTTP/1.1 without Host
+            (
+                b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                b"Content-Length: 3\r\n\r\n{}",
+                b"400",
+            ),  # conflicting lengths: refused, never one of them taken
         ]:
             reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
             writer.write(request)

@@ -49,7 +49,8 @@ async def orders(conn: asyncpg.Connection) -> asyncpg.Connection:
 async def raw_http(port: int, target: str, headers: list[tuple[str, str]]) -> tuple[int, bytes]:
     """One request on a fresh connection; the status and the body up to the close."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1"] + [f"{k}: {v}" for k, v in headers]
+    lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     try:
         async with asyncio.timeout(TIMEOUT):

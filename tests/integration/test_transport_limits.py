@@ -119,7 +119,7 @@ async def test_invalid_utf8_closes_with_1007(database_url: str) -> None:
 async def test_a_head_with_bare_lf_line_endings_is_answered(database_url: str) -> None:
     async with running_gateway(database_url) as gateway:
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-        writer.write(b"GET /health HTTP/1.1\nHost: x\n\n")
+        writer.write(b"GET /health HTTP/1.1\nHost: x\nConnection: close\n\n")
         response = await closed_by_server(reader, TIMEOUT)
         writer.close()
         assert response.startswith(b"HTTP/1.1 200"), response[:60]
@@ -142,7 +142,9 @@ async def test_unfinished_requests_time_out_and_are_capped_per_ip(database_url: 
         slow_head = await asyncio.open_connection("127.0.0.1", port)
         slow_head[1].write(b"GET / HTTP/1.1\r\nHost: x\r\n")
         slow_body = await asyncio.open_connection("127.0.0.1", port)
-        slow_body[1].write(b"POST /x HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + b"b" * 50)
+        slow_body[1].write(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"b" * 50
+        )
         # The gateway counts them when it accepts them; a counter has no event to await.
         async with asyncio.timeout(TIMEOUT):
             while len(gateway.pending_requests) < 2:  # noqa: ASYNC110

@@ -1,29 +1,40 @@
-"""A small, strict HTTP/1.1 request parser (sans-I/O) for the gateway's plain routes.
+"""Plain HTTP/1.1 for the gateway's own routes, parsed by h11 (sans-I/O).
 
-WebSocket upgrades go to websockets' own handshake parser; everything else (health,
-metrics, the demo's REST API) is parsed here: request line, headers and a
-``Content-Length`` body, with limits on every part. Chunked request bodies are
-refused (411): no client of these routes needs them. Lines may end with a bare LF
-(RFC 9112 section 2.2 allows a recipient to accept it, as h11 does): such a request is
-answered, never left waiting for a CRLF that will not come.
+:class:`RequestReader` turns the bytes of one TCP connection into requests: a
+``GET`` of a stream path (``/ws``, ``/sse``) is handed over, with its head and the
+bytes after it, to the WebSocket or SSE transport (:class:`StreamRequest`); any other
+request is read whole (head and ``Content-Length`` body) and answered, and the
+connection is kept alive for the next one unless the client asked to close it.
+h11 refuses malformed heads, conflicting ``Content-Length`` headers and bodies that
+do not match their framing; the limits on size and count below are pgcast's.
+Chunked request bodies are refused (411): no client of these routes needs them.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+import h11
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_HEADERS",
+    "MAX_HEADER_BYTES",
+    "HttpError",
+    "HttpRequest",
+    "RequestReader",
+    "StreamRequest",
+]
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADERS = 100
 MAX_BODY_BYTES = 1024 * 1024
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# The empty line that ends a head: CRLF CRLF, or with bare LFs.
-_HEAD_END = re.compile(rb"\n\r?\n")
 
 
 class HttpError(Exception):
-    """A request the parser refuses; ``status`` is the HTTP status to answer with."""
+    """A request that is refused; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -59,55 +70,109 @@ class HttpRequest:
         return self.method == "GET" and upgrade.lower() == "websocket"
 
 
-def head_complete(buffer: bytes | bytearray) -> int:
-    """The length of the request head in ``buffer`` (through its empty line), or 0 if incomplete.
+@dataclass(frozen=True)
+class StreamRequest:
+    """A ``GET`` of a stream path: its head as sent (CRLF lines) and the bytes after it."""
 
-    Raises HttpError 431 when the head grows past the limit without ending.
-    """
-    end = _HEAD_END.search(buffer, 0, MAX_HEADER_BYTES + 4)
-    if end is not None:
-        return end.end()
-    if len(buffer) > MAX_HEADER_BYTES:
-        raise HttpError(431, "request header fields too large")
-    return 0
+    request: HttpRequest
+    head: bytes
+    rest: bytes
 
 
-def parse_head(head: bytes | bytearray) -> tuple[HttpRequest, int]:
-    """Parse a complete request head; return the request (no body yet) and its body length."""
-    try:
-        text = bytes(head).decode("ascii")
-    except UnicodeDecodeError:
-        raise HttpError(400, "request head is not ASCII") from None
-    lines = [line.removesuffix("\r") for line in text.rstrip("\r\n").split("\n")]
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise HttpError(400, "malformed request line")
-    method, target, _ = parts
+class RequestReader:
+    """The requests of one connection, one at a time: bytes in, requests out."""
+
+    def __init__(self, stream_paths: frozenset[str]) -> None:
+        self.stream_paths = stream_paths
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self._request: HttpRequest | None = None  # its head is read, its body not yet
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._method = ""
+
+    @property
+    def in_body(self) -> bool:
+        """True between a request's head and the end of its body."""
+        return self._request is not None
+
+    def feed(self, data: bytes) -> None:
+        self._h11.receive_data(data)
+
+    def next(self) -> HttpRequest | StreamRequest | None:
+        """The next complete request, or None until more bytes arrive.
+
+        Raises HttpError for a request that is refused (the connection then closes).
+        """
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                raise HttpError(431 if "too large" in str(exc) else status, str(exc)) from None
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return None
+            if isinstance(event, h11.Request):
+                request = _vetted(event)
+                if request.method == "GET" and request.path in self.stream_paths:
+                    rest, _ = self._h11.trailing_data
+                    return StreamRequest(request, _head(event), rest)
+                self._request, self._body, self._body_bytes = request, [], 0
+                self._method = request.method
+            elif isinstance(event, h11.Data):
+                self._body_bytes += len(event.data)
+                if self._body_bytes > MAX_BODY_BYTES:
+                    raise HttpError(413, f"request body over {MAX_BODY_BYTES} bytes")
+                self._body.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                complete, self._request = self._request, None
+                assert complete is not None
+                complete.body = b"".join(self._body)
+                return complete
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+
+    def response(
+        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes
+    ) -> bytes:
+        """The bytes answering the current request (a HEAD answer has no body)."""
+        kept = [(name, value) for name, value in headers if name.lower() != "connection"]
+        out = self._h11.send(h11.Response(status_code=status, reason=reason, headers=kept)) or b""
+        if body and self._method != "HEAD":
+            out += self._h11.send(h11.Data(data=body)) or b""
+        out += self._h11.send(h11.EndOfMessage()) or b""
+        return out
+
+    def keep_alive(self) -> bool:
+        """After a response: start reading the next request, or False to close."""
+        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+            self._h11.start_next_cycle()
+            return True
+        return False
+
+
+def _vetted(event: h11.Request) -> HttpRequest:
+    """The request of ``event``, or HttpError for what pgcast refuses that h11 accepts."""
+    method = event.method.decode("ascii", "replace")
     if method not in METHODS:
         raise HttpError(405, f"method {method[:16]!r} not allowed")
+    target = event.target.decode("ascii", "replace")
     if not target.startswith("/"):
         raise HttpError(400, "request target must be an absolute path")
-    if len(lines) - 1 > MAX_HEADERS:
+    raw = event.headers.raw_items()
+    if len(raw) > MAX_HEADERS:
         raise HttpError(431, "too many header fields")
-    headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or any(c in name for c in " \t"):
-            raise HttpError(400, "malformed header field")
-        headers.append((name, value.strip()))
+    headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
     request = HttpRequest(method, target, headers)
     if request.header("transfer-encoding") is not None:
         raise HttpError(411, "chunked request bodies are not supported; send Content-Length")
-    raw_length = request.header("content-length") or "0"
-    if not raw_length.isascii() or not raw_length.isdigit():
-        raise HttpError(400, "bad Content-Length")
-    length = int(raw_length)
+    length = int(request.header("content-length") or "0")  # h11 checked it is one number
     if length > MAX_BODY_BYTES:
         raise HttpError(413, f"request body over {MAX_BODY_BYTES} bytes")
-    return request, length
+    return request
 
 
-def canonical_head(head: bytes | bytearray) -> bytes:
-    """``head`` with every line ending as CRLF, for parsers that accept nothing else."""
-    lines = bytes(head).rstrip(b"\r\n").split(b"\n")
-    return b"".join(line.removesuffix(b"\r") + b"\r\n" for line in lines) + b"\r\n"
+def _head(event: h11.Request) -> bytes:
+    """``event``'s head as the client sent it, in CRLF lines (for websockets' parser)."""
+    lines = [b"%s %s HTTP/%s" % (event.method, event.target, event.http_version)]
+    lines += [name + b": " + value for name, value in event.headers.raw_items()]
+    return b"\r\n".join(lines) + b"\r\n\r\n"

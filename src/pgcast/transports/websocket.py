@@ -36,7 +36,7 @@ from websockets.server import ServerProtocol
 
 from . import Connection, Refusal, RequestHead
 from .frames import text_frame, text_frame_header
-from .http import HttpError, HttpRequest, canonical_head, head_complete, parse_head
+from .http import HttpError, HttpRequest, RequestReader, StreamRequest
 from .outbox import Outbox, OutboxConnection
 from .pending import PendingRequests
 
@@ -124,10 +124,13 @@ class WebSocketConnection(OutboxConnection, asyncio.Protocol):
         self.outbox = Outbox(outbox_limit)
         self._upgraded = False
         self._close_timer: asyncio.TimerHandle | None = None
-        # The request head (and a plain request's body) until we know what it is.
-        self._pending: bytearray | None = bytearray()
-        self._plain: HttpRequest | None = None
-        self._body_length = 0
+        # Plain HTTP requests until one is a stream (then None: websockets reads).
+        self._reader: RequestReader | None = RequestReader(self.stream_paths)
+        self._answering = False  # a plain request's answer is being made
+        self._timing_body = False  # the request timer now times the body
+        self._peer_done = False  # the client half-closed: close after the answer
+        self._refused = False  # we answered an error: nothing more is read
+        self._idle = False  # kept alive after an answer, and no byte of a new request yet
         self._http_task: asyncio.Task[None] | None = None
         self.pending_requests = pending_requests
         self._counted_ip: str | None = None  # counted in pending_requests until the request is in
@@ -147,36 +150,39 @@ class WebSocketConnection(OutboxConnection, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
+        self._await_request()
+
+    def _await_request(self) -> None:
+        """Count the connection as pending until a request has arrived, and time it."""
+        peer = self.transport.get_extra_info("peername") if self.transport else None
         ip = str(peer[0]) if peer else "?"
         if not self.pending_requests.enter(ip):
-            self._refuse_request(
-                429,
-                "Too Many Requests",
-                orjson.dumps(
-                    {
-                        "type": "error",
-                        "code": "rate_limited",
-                        "message": "too many unfinished requests from this address",
-                    }
-                ),
-            )
+            message = "too many unfinished requests from this address"
+            body = {"type": "error", "code": "rate_limited", "message": message}
+            self._refuse_request(429, "Too Many Requests", orjson.dumps(body))
             return
         self._counted_ip = ip
+        self._timing_body = False
         self._start_request_timer(self.pending_requests.head_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._pending is not None:
-            self._pending += data
-            self._read_request()
+        if self._reader is not None:
+            self._idle = False
+            self._reader.feed(data)
+            if not self._answering:
+                self._read_request()
             return
-        if self._plain is not None:
-            return  # a plain request's connection: nothing more is read
+        if self._refused:
+            return
         self.ws.receive_data(data)
         self._process_events()
 
     def eof_received(self) -> bool | None:
-        if self._pending is not None or self._plain is not None:
-            return None  # let the response (if any) go out; the transport closes after it
+        if self._answering:
+            self._peer_done = True
+            return True  # keep the socket until the answer is written, then close
+        if self._reader is not None or self._refused:
+            return None
         self.ws.receive_eof()
         self._process_events()
         return None
@@ -247,42 +253,38 @@ class WebSocketConnection(OutboxConnection, asyncio.Protocol):
     # plain HTTP ---------------------------------------------------------------------
 
     def _read_request(self) -> None:
-        """Buffer the request head; route it to WebSocket/SSE or answer it as plain HTTP."""
-        assert self._pending is not None and self.transport is not None
+        """Read the next request: hand a stream to websockets/SSE, answer a plain one."""
+        reader = self._reader
+        assert reader is not None and self.transport is not None
         try:
-            if self._plain is None:
-                end = head_complete(self._pending)
-                if not end:
-                    return
-                request, self._body_length = parse_head(self._pending[:end])
-                if request.method == "GET" and request.path in self.stream_paths:
-                    # WebSocket handshake (or SSE): websockets' parser takes it from here.
-                    self._request_in()
-                    buffered = canonical_head(self._pending[:end]) + self._pending[end:]
-                    self._pending = None
-                    self.ws.receive_data(buffered)
-                    self._process_events()
-                    return
-                self._plain = request
-                del self._pending[:end]
-                if len(self._pending) < self._body_length:
-                    self._start_request_timer(self.pending_requests.body_timeout)
-            if len(self._pending) < self._body_length:
-                return
+            item = reader.next()
         except HttpError as exc:
             self._refuse_request(exc.status, "Error", orjson.dumps({"error": exc.message}))
             return
+        if item is None:
+            if reader.in_body and not self._timing_body:
+                self._timing_body = True
+                self._start_request_timer(self.pending_requests.body_timeout)
+            return
         self._request_in()
-        self._plain.body = bytes(self._pending[: self._body_length])
-        self._pending = None
-        self._http_task = asyncio.create_task(self._answer(self._plain))
+        if isinstance(item, StreamRequest):
+            # WebSocket handshake (or SSE): websockets' parser takes it from here.
+            self._reader = None
+            self.ws.receive_data(item.head + item.rest)
+            self._process_events()
+            return
+        self._answering = True
+        self._http_task = asyncio.create_task(self._answer(item))
 
     def _refuse_request(self, status: int, reason: str, body: bytes) -> None:
         """Answer an unfinished or bad request with an error and close; read nothing more."""
         self._request_in()
-        self._pending = None
-        self._plain = HttpRequest("GET", "/", [])
-        self._write_response(http_response(status, reason, body, "application/json"))
+        self._reader = None
+        self._refused = True
+        if self.transport is not None and not self.transport.is_closing():
+            response = http_response(status, reason, body, "application/json")
+            self.transport.write(response.serialize())
+            self.transport.close()
 
     def _start_request_timer(self, timeout: float) -> None:
         if self._request_timer is not None:
@@ -292,10 +294,15 @@ class WebSocketConnection(OutboxConnection, asyncio.Protocol):
 
     def _request_timed_out(self) -> None:
         self._request_timer = None
+        if self._idle and self.transport is not None:
+            # A kept-alive connection that sent no new request: close it quietly.
+            self._request_in()
+            self.transport.close()
+            return
         self.pending_requests.timed_out += 1
         part, timeout = (
             ("head", self.pending_requests.head_timeout)
-            if self._plain is None
+            if not self._timing_body
             else ("body", self.pending_requests.body_timeout)
         )
         message = f"the request {part} did not arrive within {timeout:g} s"
@@ -317,14 +324,24 @@ class WebSocketConnection(OutboxConnection, asyncio.Protocol):
             logger.exception("HTTP %s %s failed", request.method, request.path)
             body = b'{"error":"internal error"}'
             response = http_response(500, "Internal Server Error", body, "application/json")
-        if request.method == "HEAD":
-            response = Response(response.status_code, response.reason_phrase, response.headers)
-        self._write_response(response)
-
-    def _write_response(self, response: Response) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(response.serialize())
-            self.transport.close()
+        reader, transport = self._reader, self.transport
+        self._answering = False
+        if reader is None or transport is None or transport.is_closing():
+            return
+        headers = list(response.headers.raw_items())
+        transport.write(
+            reader.response(
+                response.status_code, response.reason_phrase, headers, bytes(response.body)
+            )
+        )
+        if self._peer_done or not reader.keep_alive():
+            transport.close()
+            return
+        # Keep-alive: the next request is counted and timed like the first.
+        self._await_request()
+        self._idle = True
+        if not self._refused:
+            self._read_request()
 
     # internals --------------------------------------------------------------------
 
