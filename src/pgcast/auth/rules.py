@@ -112,29 +112,26 @@ def _bind_column_claim(expr: _ColumnClaim, value: Any) -> _Bound:
 
 
 def _fold_all(items: list[_Bound]) -> _Bound:
-    flat: list[_Bound] = []
-    for item in items:
-        if item is False:
-            return False
-        if item is True:
-            continue
-        flat.extend(item.items if isinstance(item, _All) else (item,))
-    if not flat:
-        return True
-    return flat[0] if len(flat) == 1 else _All(tuple(dict.fromkeys(flat)))
+    return _fold(items, _All)
 
 
 def _fold_any(items: list[_Bound]) -> _Bound:
+    return _fold(items, _Any)
+
+
+def _fold(items: list[_Bound], kind: type[_All] | type[_Any]) -> _Bound:
+    """AND (``_All``) or OR (``_Any``) of ``items`` with constants folded away."""
+    absorbing = kind is _Any  # False decides an AND, True an OR; the other is neutral
     flat: list[_Bound] = []
     for item in items:
-        if item is True:
-            return True
-        if item is False:
+        if item is absorbing:
+            return absorbing
+        if item is (not absorbing):
             continue
-        flat.extend(item.items if isinstance(item, _Any) else (item,))
+        flat.extend(item.items if isinstance(item, kind) else (item,))
     if not flat:
-        return False
-    return flat[0] if len(flat) == 1 else _Any(tuple(dict.fromkeys(flat)))
+        return not absorbing
+    return flat[0] if len(flat) == 1 else kind(tuple(dict.fromkeys(flat)))
 
 
 def _evaluate(expr: _Bound, row: Mapping[str, Any]) -> bool:
