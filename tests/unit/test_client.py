@@ -808,6 +808,7 @@ def test_client_imports_no_gateway_module() -> None:
         "pgcast.client",
         "pgcast.client._connection",
         "pgcast.client._protocol",
+        "pgcast.client._subscription",
         "pgcast.client.listen",
     }
     assert set(eval(loaded)) <= allowed
