@@ -247,6 +247,7 @@ _PARSERS: dict[str, _Parser] = {
     "max_subscriptions": _parse_max_subscriptions,
     "probe_interval": _parse_seconds,
     "poll_interval": _parse_seconds,
+    "fast_poll_interval": _parse_seconds,
     "log_level": _parse_log_level,
 }
 
@@ -265,6 +266,9 @@ class Settings:
     max_subscriptions: int = 100
     probe_interval: float = 5.0
     poll_interval: float = 1.0
+    # Re-read delay while changes flow (the trigger does not notify per commit; see
+    # wakeup.py): commit-to-read latency is about half of it plus one read.
+    fast_poll_interval: float = 0.002
     log_level: str = "info"
 
     def __post_init__(self) -> None:

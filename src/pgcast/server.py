@@ -177,6 +177,7 @@ class Gateway:
             on_message=self.deliver_message,
             on_gap=self.resync_all,
             poll_interval=settings.poll_interval,
+            fast_poll_interval=settings.fast_poll_interval,
             probe_timeout=settings.probe_interval,
         )
         self.changes_in = 0
@@ -327,6 +328,16 @@ class Gateway:
             "pgcast_slow_consumer_closes_total",
             "Clients closed because their outbox overflowed.",
             lambda: self.overflows,
+        )
+        registry.counter(
+            "pgcast_log_reads_total",
+            "Queries the log reader sent to read the change log.",
+            lambda: self.listener.log_reads,
+        )
+        registry.counter(
+            "pgcast_listener_wakeups_total",
+            "Wake-up notifications received on the pgcast channel.",
+            lambda: self.listener.notifications,
         )
         registry.counter(
             "pgcast_listener_reconnects_total",
