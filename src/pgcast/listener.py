@@ -95,6 +95,7 @@ class Listener:
         self._active_channels: set[str] = set()
         self._channel_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._ready = asyncio.Event()
+        self._policy: PollPolicy | None = None
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
 
@@ -151,6 +152,11 @@ class Listener:
         self._wake.set()
 
     @property
+    def idle(self) -> bool:
+        """True while the reader sleeps until the armed wake-up (or ``poll_interval``)."""
+        return self._policy is not None and self._policy.asleep
+
+    @property
     def lag_seconds(self) -> float | None:
         """Seconds since the last complete read of the log (None before the first)."""
         if self.last_read_at is None:
@@ -203,7 +209,7 @@ class Listener:
             "listening (backend pid %s) from change id %s", self.backend_pid, self.cursor.last_id
         )
         self._ready.set()
-        policy = PollPolicy(fast=self.fast_poll_interval, idle=self.poll_interval)
+        self._policy = policy = PollPolicy(fast=self.fast_poll_interval, idle=self.poll_interval)
         arm = True
         while True:
             if lost.is_set():

@@ -38,7 +38,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ARM_AFTER_EMPTY_READS", "ARM_AND_CHECK", "NextRead", "PollPolicy"]
+__all__ = [
+    "ARM_AFTER_EMPTY_READS",
+    "ARM_AND_CHECK",
+    "WRITERS_OPEN_MAX_DELAY",
+    "NextRead",
+    "PollPolicy",
+]
 
 ARM_AFTER_EMPTY_READS = 2
 """Consecutive empty reads before the reader arms: a short pause between commits
@@ -50,6 +56,10 @@ should not make the next writer pay for a notification."""
 # into the outer one). setval(v, false) makes the next nextval return v, which is how
 # the trigger recognises the one capture that may notify. armed: true (armed now),
 # NULL (no sequence, or no rights on it: arming is unavailable).
+WRITERS_OPEN_MAX_DELAY = 0.1
+"""Longest backoff while a capturing transaction that may not notify is open: it
+bounds how late such a transaction's commit is seen, at ~10 queries/s per node."""
+
 ARM_AND_CHECK = """
 SELECT a.armed,
        EXISTS (SELECT FROM pg_catalog.pg_locks AS l
@@ -88,9 +98,13 @@ class PollPolicy:
         self.idle = idle
         self.fast = min(fast, idle)
         self.empty_reads = 0
+        self.asleep = False  # the last decision was the idle sleep (woken by the wake-up)
         # The latest arming read saw the wake-up armed and no open log writer, and no
         # read since found changes.
         self._safe = False
+        # The latest arming read saw another session writing the log: a capture that
+        # may have run before the arming, whose commit will not wake us.
+        self._writers = False
 
     def after_read(
         self,
@@ -101,9 +115,11 @@ class PollPolicy:
         armed: bool | None = None,
         writers: bool | None = None,
     ) -> NextRead:
+        self.asleep = False
         if found:
             self.empty_reads = 0
             self._safe = False
+            self._writers = False
             return NextRead(0.0 if more else self.fast, arm=False)
         # The check of an arming read counts only for the reads after it: a capture
         # that ran before the arming and ended before the check is visible only to a
@@ -111,8 +127,11 @@ class PollPolicy:
         safe_before = self._safe
         if armed_read:
             self._safe = armed is True and writers is False
+            self._writers = armed is True and writers is True
         self.empty_reads += 1
         if safe_before:
+            self.asleep = True
             return NextRead(self.idle, arm=True)
-        delay = min(self.idle, self.fast * 2.0**self.empty_reads)
+        ceiling = min(self.idle, WRITERS_OPEN_MAX_DELAY) if self._writers else self.idle
+        delay = min(ceiling, self.fast * 2.0 ** min(self.empty_reads, 40))
         return NextRead(delay, arm=self.empty_reads >= ARM_AFTER_EMPTY_READS)
