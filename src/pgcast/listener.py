@@ -18,6 +18,7 @@ Each read has a timeout, so a silently dead connection is noticed within
 with backoff and continues from its cursor, so nothing committed while it was away
 is skipped (see changelog.py for why the cursor is gap-free).
 """
+
 from __future__ import annotations
 
 import asyncio

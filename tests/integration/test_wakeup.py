@@ -32,7 +32,9 @@ async def items(conn: asyncpg.Connection) -> asyncpg.Connection:
 async def wait_idle(gateway: Gateway) -> None:
     """Until the reader has armed the wake-up and sleeps (polled: it is a state)."""
     async with asyncio.timeout(WAIT):
-        while not gateway.listener.idle:
+        while True:
+            if gateway.listener.idle:
+                return
             await asyncio.sleep(0.01)
 
 
@@ -41,8 +43,15 @@ async def test_concurrent_writers_reach_the_subscriber_with_a_bounded_number_of_
 ) -> None:
     writers, per_writer = 4, 60
     heard: list[str] = []
+    marker = asyncio.Event()
+
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        heard.append(payload)
+        if payload == "marker":
+            marker.set()
+
     spy = await asyncpg.connect(database_url)
-    await spy.add_listener(CHANNEL, lambda *args: heard.append(args[3]))
+    await spy.add_listener(CHANNEL, on_notify)
     pool = await asyncpg.create_pool(database_url, min_size=writers, max_size=writers)
 
     async def write(w: int) -> None:
@@ -59,9 +68,7 @@ async def test_concurrent_writers_reach_the_subscriber_with_a_bounded_number_of_
             # Notifications arrive in commit order: once this marker is heard, every
             # notification a writer sent has been heard too.
             await spy.execute("SELECT pg_notify($1, 'marker')", CHANNEL)
-            async with asyncio.timeout(WAIT):
-                while "marker" not in heard:
-                    await asyncio.sleep(0.01)
+            await asyncio.wait_for(marker.wait(), WAIT)
     finally:
         await pool.close()
         await spy.close()

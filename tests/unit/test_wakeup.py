@@ -50,10 +50,7 @@ def test_never_sleeps_long_unless_armed_with_no_writer_open(
     armed: bool | None, writers: bool | None
 ) -> None:
     policy = PollPolicy(fast=0.002, idle=5.0)
-    delays = [
-        empty(policy, armed_read=True, armed=armed, writers=writers).delay
-        for _ in range(30)
-    ]
+    delays = [empty(policy, armed_read=True, armed=armed, writers=writers).delay for _ in range(30)]
     assert not policy.asleep
     ceiling = WRITERS_OPEN_MAX_DELAY if writers else 5.0
     assert max(delays) == ceiling

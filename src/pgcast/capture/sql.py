@@ -2,9 +2,9 @@
 
 This module owns the database side of the contract with the gateway: the
 ``pgcast`` schema (the ``changes`` log, the ``tracked`` options, the ``state``
-key/value table, the ``wake`` sequence), the generic ``pgcast.capture()`` trigger function, and the four
-statement-level triggers put on each tracked table. :mod:`pgcast.capture.installer`
-applies this text with asyncpg.
+key/value table, the ``wake`` sequence), the generic ``pgcast.capture()`` trigger
+function, and the four statement-level triggers put on each tracked table.
+:mod:`pgcast.capture.installer` applies this text with asyncpg.
 
 Why statement-level triggers with transition tables: one trigger call per
 statement, whatever the number of rows, so a 100,000-row UPDATE costs one
