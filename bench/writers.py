@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -220,7 +221,9 @@ class Subscriber:
                         self.ready.set()
 
 
-def log_reads(port: int) -> float:
+def log_reads(port: int, no_gateway: bool) -> float:
+    if no_gateway:
+        return 0.0
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
             if line.startswith("pgcast_log_reads_total "):
@@ -245,10 +248,16 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         await spy.add_listener(CHANNEL, lambda *_: heard.append(time.monotonic()))
         port = free_port()
         env = {"PGCAST_FAST_POLL_INTERVAL": str(args.fast_poll_interval)}
-        with gateway_process("pgcast", dsn, port, env), tempfile.TemporaryDirectory() as tmp:
+        gateway = (
+            contextlib.nullcontext()
+            if args.no_gateway
+            else gateway_process("pgcast", dsn, port, env)
+        )
+        with gateway, tempfile.TemporaryDirectory() as tmp:
             subscriber = Subscriber(port, [tables[m] for m in modes if m in TRACKED])
-            subscriber.task = asyncio.create_task(subscriber.run())
-            await asyncio.wait_for(subscriber.ready.wait(), 30)
+            if not args.no_gateway:
+                subscriber.task = asyncio.create_task(subscriber.run())
+                await asyncio.wait_for(subscriber.ready.wait(), 30)
             for clients in args.clients:
                 for op in args.ops:
                     cell: dict[str, Any] = {"clients": clients, "op": op, "runs": {}}
@@ -257,10 +266,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                         for mode in order:
                             script = Path(tmp) / f"{op}_{mode}.sql"
                             script.write_text(SCRIPTS[op].format(t=tables[mode]))
-                            notifies, reads = len(heard), log_reads(port)
+                            notifies, reads = len(heard), log_reads(port, args.no_gateway)
                             run = await pgbench(dsn, script, clients, args.seconds)
                             run["notifies"] = len(heard) - notifies
-                            run["log_reads_per_s"] = (log_reads(port) - reads) / args.seconds
+                            reads = log_reads(port, args.no_gateway) - reads
+                            run["log_reads_per_s"] = reads / args.seconds
                             cell["runs"].setdefault(mode, []).append(run)
                     results["cells"].append(cell)
                     print_cell(cell, modes, args.seconds)
@@ -276,11 +286,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 print_bulk(results["bulk_update"], modes)
             # Let the gateway catch up, then report what it delivered.
             expected = await _tracked_changes(dsn)
+            if args.no_gateway:
+                expected = 0
             deadline = time.monotonic() + 120
             while subscriber.changes < expected and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.5)  # progress of another process's deliveries
             results["delivered"] = {"log_rows": expected, "received": subscriber.changes}
-            subscriber.task.cancel()
+            if subscriber.task is not None:
+                subscriber.task.cancel()
         await spy.close()
     results["loadavg_end"] = loadavg()
     return results
@@ -335,7 +348,7 @@ def print_bulk(bulk: dict[str, list[float]], modes: list[str]) -> None:
 
 
 def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",")]
+    return [int(x) for x in text.split(",") if x]  # "" : no pgbench cells (bulk only)
 
 
 def _strs(text: str) -> list[str]:
@@ -353,6 +366,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bulk-rounds", type=int, default=3)
     parser.add_argument("--fast-poll-interval", type=float, default=0.002)
+    parser.add_argument(
+        "--no-gateway",
+        action="store_true",
+        help="measure the writers alone (splits the trigger's cost from the gateway's CPU)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
     results = asyncio.run(measure(args))
