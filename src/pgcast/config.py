@@ -268,7 +268,7 @@ class Settings:
     poll_interval: float = 1.0
     # Re-read delay while changes flow (the trigger does not notify per commit; see
     # wakeup.py): commit-to-read latency is about half of it plus one read.
-    fast_poll_interval: float = 0.002
+    fast_poll_interval: float = 0.001
     log_level: str = "info"
 
     def __post_init__(self) -> None:

@@ -68,7 +68,7 @@ class Listener:
         on_message: Callable[[str, str], None],
         on_gap: Callable[[int], None] = lambda _: None,
         poll_interval: float = 1.0,
-        fast_poll_interval: float = 0.002,
+        fast_poll_interval: float = 0.001,
         probe_timeout: float = 5.0,
         backoff_factory: Callable[[], Iterator[float]] = backoff,
     ) -> None:
