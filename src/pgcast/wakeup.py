@@ -38,6 +38,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .capture.sql import WAKE_STRIDE
+
 __all__ = [
     "ARM_AFTER_EMPTY_READS",
     "ARM_AND_CHECK",
@@ -50,17 +52,18 @@ ARM_AFTER_EMPTY_READS = 2
 """Consecutive empty reads before the reader arms: a short pause between commits
 should not make the next writer pay for a notification."""
 
-# One row (armed, writers) when $5 is true, no row otherwise. The CASE arms before
-# the correlated EXISTS looks at pg_locks (the EXISTS needs a.armed, so it runs after
-# the sub-select that computed it; OFFSET 0 keeps that sub-select from being merged
-# into the outer one). setval(v, false) makes the next nextval return v, which is how
-# the trigger recognises the one capture that may notify. armed: true (armed now),
-# NULL (no sequence, or no rights on it: arming is unavailable).
 WRITERS_OPEN_MAX_DELAY = 0.1
 """Longest backoff while a capturing transaction that may not notify is open: it
 bounds how late such a transaction's commit is seen, at ~10 queries/s per node."""
 
-ARM_AND_CHECK = """
+# One row (armed, writers) when $5 is true, no row otherwise. The CASE arms before
+# the correlated EXISTS looks at pg_locks (the EXISTS needs a.armed, so it runs after
+# the sub-select that computed it; OFFSET 0 keeps that sub-select from being merged
+# into the outer one). setval(v, false) makes the next nextval return v, a multiple
+# of WAKE_STRIDE, which is how the trigger recognises the one capture that may
+# notify. armed: true (armed now), NULL (no sequence, or no rights on it: arming is
+# unavailable).
+ARM_AND_CHECK = f"""
 SELECT a.armed,
        EXISTS (SELECT FROM pg_catalog.pg_locks AS l
                 WHERE a.armed
@@ -74,7 +77,9 @@ SELECT a.armed,
                  WHEN NOT has_sequence_privilege(w.s, 'SELECT') THEN NULL
                  WHEN pg_sequence_last_value(w.s) IS NULL THEN true
                  WHEN has_sequence_privilege(w.s, 'UPDATE')
-                 THEN setval(w.s, pg_sequence_last_value(w.s) + 1, false) IS NOT NULL
+                 THEN setval(w.s,
+                             (pg_sequence_last_value(w.s) / {WAKE_STRIDE} + 1) * {WAKE_STRIDE},
+                             false) IS NOT NULL
                END AS armed
           FROM (SELECT to_regclass('pgcast.wake') AS s) AS w
          WHERE $5::boolean AND w.s IS NOT NULL

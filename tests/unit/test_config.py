@@ -92,6 +92,7 @@ def test_empty_environment_variable_counts_as_unset() -> None:
         ("PGCAST_MAX_SUBSCRIPTIONS", "7", "max_subscriptions", 7),
         ("PGCAST_PROBE_INTERVAL", "0.5", "probe_interval", 0.5),
         ("PGCAST_POLL_INTERVAL", "2", "poll_interval", 2.0),
+        ("PGCAST_FAST_POLL_INTERVAL", "0.005", "fast_poll_interval", 0.005),
         ("PGCAST_LOG_LEVEL", "WARNING", "log_level", "warning"),
     ],
 )
