@@ -115,7 +115,9 @@ def notify_each_function() -> str:
     start = script.index(f"CREATE OR REPLACE FUNCTION {_CAPTURE}")
     end = script.index(f"COMMENT ON FUNCTION {_CAPTURE}")
     function = script[start:end].replace(_CAPTURE, _CAPTURE_NOTIFY_EACH)
-    block = re.compile(r"    IF v_rows > 0 THEN\n.*?\n    END IF;\n(?=    RETURN NULL;)", re.S)
+    block = re.compile(
+        r"(?:    --[^\n]*\n)*    IF v_rows > 0\b.*?\n    END IF;\n(?=    RETURN NULL;)", re.S
+    )
     function, count = block.subn(lambda _: _NOTIFY_EACH, function)
     if count != 1:
         raise SystemExit("cannot find the wake-up block of pgcast.capture() to replace")
