@@ -201,6 +201,7 @@ class Gateway:
             on_message=self.deliver_message,
             on_gap=self.resync_all,
             poll_interval=settings.poll_interval,
+            fast_poll_interval=settings.fast_poll_interval,
             probe_timeout=settings.probe_interval,
         )
         self.changes_in = 0
@@ -382,6 +383,16 @@ class Gateway:
             "pgcast_unreadable_rows_total",
             "Changes and snapshot rows withheld because a row image could not be read.",
             lambda: self.unreadable.count,
+        )
+        registry.counter(
+            "pgcast_log_reads_total",
+            "Queries the log reader sent to read the change log.",
+            lambda: self.listener.log_reads,
+        )
+        registry.counter(
+            "pgcast_listener_wakeups_total",
+            "Wake-up notifications received on the pgcast channel.",
+            lambda: self.listener.notifications,
         )
         registry.counter(
             "pgcast_listener_reconnects_total",
