@@ -11,7 +11,8 @@ import { DEFAULT_BACKOFF, checkBackoff } from './backoff.js';
 import { PgcastError, describe, safeCall } from './errors.js';
 import { watchTable } from './mirror.js';
 import { SseTransport } from './sse-transport.js';
-import { Channel, Subscription } from './subscription.js';
+import { Channel, Subscription, tableRequest } from './subscription.js';
+import { Outbox } from './outbox.js';
 import { normalizeUrl } from './urls.js';
 import { WebSocketTransport } from './websocket-transport.js';
 
@@ -65,10 +66,8 @@ export class Client {
     this._listeners = new Map();
     /** @internal @type {Map<string, Subscription>} key -> subscription */
     this._subs = new Map();
-    /** @internal @type {Map<string, Function>} publish id -> onError */
-    this._pendingPublishes = new Map();
-    /** @internal @type {{frame: any, onError: Function}[]} messages queued while offline */
-    this._outbox = [];
+    /** @internal */
+    this._outbox = new Outbox(o.queueSize, (error) => this._reportError(error));
     /** @internal */
     this._counter = 0;
     /** @internal */
@@ -79,14 +78,14 @@ export class Client {
     this._transport = o.transport === 'sse' || (o.transport === 'auto' && !webSocketAvailable(o) && this._sseAvailable())
       ? new SseTransport(this)
       : new WebSocketTransport(this);
-    /** @internal @type {any} */
-    this._document = o.document !== undefined ? o.document : globalThis.document;
-    /** @internal @type {(() => void) | undefined} */
-    this._onVisibility = undefined;
-    if (o.pauseWhenHidden && this._document && typeof this._document.addEventListener === 'function') {
-      this._onVisibility = () => (this._document.hidden ? this._pause() : this._resume());
-      this._document.addEventListener('visibilitychange', this._onVisibility);
-      this._paused = !!this._document.hidden;
+    /** @internal Stops watching the page's visibility. */
+    this._unwatch = () => {};
+    const doc = o.document !== undefined ? o.document : globalThis.document;
+    if (o.pauseWhenHidden && doc && typeof doc.addEventListener === 'function') {
+      const onVisibility = () => (doc.hidden ? this._pause() : this._resume());
+      doc.addEventListener('visibilitychange', onVisibility);
+      this._unwatch = () => doc.removeEventListener('visibilitychange', onVisibility);
+      this._paused = !!doc.hidden;
     }
     if (this._paused) this._setStatus('offline');
     else this._transport.start();
@@ -126,18 +125,7 @@ export class Client {
    * @returns {Subscription}
    */
   subscribe(request, handlers = {}) {
-    if (!request || typeof request.table !== 'string') {
-      throw new PgcastError('bad_request', 'subscribe needs a table name', { hint: "client.subscribe({table: 'orders'})" });
-    }
-    if (request.snapshot && request.since != null) {
-      throw new PgcastError('bad_request', 'snapshot and since exclude each other');
-    }
-    const { since, ...rest } = request;
-    /** @type {Record<string, unknown>} */
-    const clean = { table: rest.table };
-    for (const k of ['schema', 'filter', 'events', 'columns']) if (rest[k] != null) clean[k] = rest[k];
-    clean.snapshot = !!rest.snapshot;
-    return this._subscribeRequest(/** @type {any} */ (clean), handlers, 's', since);
+    return this._subscribeRequest(tableRequest(request), handlers, 's', request.since);
   }
 
   /**
@@ -169,7 +157,7 @@ export class Client {
     this._forget();
     for (const sub of this._subs.values()) if (sub.state !== 'failed') sub.state = 'closed';
     this._subs.clear();
-    this._outbox = [];
+    this._outbox.drain();
     this._setStatus('closed');
   }
 
@@ -203,13 +191,17 @@ export class Client {
       dedupeWindow: this.options.dedupeWindow,
     });
     if (this._closed) {
-      const error = this.error || new PgcastError('closed', 'the client is closed');
-      queueMicrotask(() => sub._fail(error));
+      queueMicrotask(() => sub._fail(this._closedError()));
       return sub;
     }
     this._subs.set(sub.id, sub);
     this._transport.subscribe(sub);
     return sub;
+  }
+
+  /** @internal Why a closed client refuses: the gateway's refusal, else `closed`. */
+  _closedError() {
+    return this.error || new PgcastError('closed', 'the client is closed');
   }
 
   /** @internal @param {Subscription} sub */
@@ -221,8 +213,7 @@ export class Client {
   /** @internal */
   _publish(channel, payload, onError) {
     if (this._closed) {
-      const error = this.error || new PgcastError('closed', 'the client is closed');
-      queueMicrotask(() => onError(error));
+      queueMicrotask(() => onError(this._closedError()));
       return null;
     }
     this._counter += 1;
@@ -235,30 +226,12 @@ export class Client {
       });
       return id;
     }
-    this._pendingPublishes.set(id, onError);
-    if (this._pendingPublishes.size > this.options.queueSize) {
-      this._pendingPublishes.delete(this._pendingPublishes.keys().next().value);
-    }
-    this._send({ type: 'publish', id, channel, payload }, onError);
+    this._outbox.await(id, onError);
+    const frame = { type: 'publish', id, channel, payload };
+    // Send now if live, else queue. A socket that is closing while we still say
+    // 'live' refuses the send: queue it then.
+    if (!(this.status === 'live' && this._transport.send(frame))) this._outbox.push(frame, onError);
     return id;
-  }
-
-  // Send now if live, else queue (bounded: the oldest queued message is dropped and reported).
-  /** @internal */
-  _send(frame, onError) {
-    // A socket that is closing while we still say 'live' refuses the send: queue it then.
-    if (this.status === 'live' && this._transport.send(frame)) return;
-    this._outbox.push({ frame, onError });
-    if (this._outbox.length > this.options.queueSize) {
-      const dropped = this._outbox.shift();
-      const error = new PgcastError('queue_full', `outgoing queue full (${this.options.queueSize} messages while offline): dropped a ${dropped.frame.type}`, {
-        id: dropped.frame.id,
-        hint: 'raise the queueSize option or send less while offline',
-      });
-      this._pendingPublishes.delete(dropped.frame.id);
-      safeCall(dropped.onError, error);
-      this._reportError(error);
-    }
   }
 
   // -- what transports report
@@ -283,9 +256,7 @@ export class Client {
     for (const sub of [...this._subs.values()]) {
       if (sub.state === 'pending' || sub.state === 'live') this._transport.subscribe(sub);
     }
-    const queued = this._outbox;
-    this._outbox = [];
-    for (const { frame } of queued) this._transport.send(frame);
+    for (const { frame } of this._outbox.drain()) this._transport.send(frame);
   }
 
   /**
@@ -318,11 +289,7 @@ export class Client {
     const code = String(frame.code || 'error');
     const id = frame.id == null ? undefined : String(frame.id);
     const error = new PgcastError(code, String(frame.message || '') || code, { id, frame });
-    const onPublishError = id === undefined ? undefined : this._pendingPublishes.get(id);
-    if (onPublishError) {
-      this._pendingPublishes.delete(id);
-      safeCall(onPublishError, error);
-    }
+    safeCall(this._outbox.answered(id), error);
     this._reportError(error);
   }
 
@@ -337,12 +304,7 @@ export class Client {
     this._reportError(new PgcastError('sse_fallback', `WebSocket failed ${failures} times at the handshake; using Server-Sent Events`));
     this._transport = new SseTransport(this);
     this._transport.start();
-    const queued = this._outbox;
-    this._outbox = [];
-    for (const { frame, onError } of queued) {
-      this._pendingPublishes.delete(frame.id);
-      safeCall(onError, notOverSse(frame.id));
-    }
+    this._outbox.fail((frame) => notOverSse(frame.id));
     return true;
   }
 
@@ -353,14 +315,10 @@ export class Client {
     this._transport.stop();
     const subs = [...this._subs.values()];
     this._subs.clear();
-    const queued = this._outbox;
-    this._outbox = [];
     this._forget();
     this._setStatus('closed');
     for (const sub of subs) sub._fail(error);
-    for (const { onError } of queued) safeCall(onError, error);
-    for (const onError of this._pendingPublishes.values()) safeCall(onError, error);
-    this._pendingPublishes.clear();
+    this._outbox.fail(error, true);
     this._reportError(error);
   }
 
@@ -388,7 +346,7 @@ export class Client {
 
   /** @internal Closed for good: no more visibility events, no longer the shared client of its URL. */
   _forget() {
-    if (this._onVisibility) this._document.removeEventListener('visibilitychange', this._onVisibility);
+    this._unwatch();
     if (registry.get(this.url) === this) registry.delete(this.url);
   }
 }

@@ -53,6 +53,27 @@ export class RecentIds {
 }
 
 /**
+ * What a table subscription asks for: `request` checked (PgcastError 'bad_request')
+ * and reduced to the fields the gateway reads, `since` left out (it changes on
+ * every resubscribe).
+ * @param {import('./types.js').TableRequest} request
+ * @returns {import('./types.js').TableRequest}
+ */
+export function tableRequest(request) {
+  if (!request || typeof request.table !== 'string') {
+    throw new PgcastError('bad_request', 'subscribe needs a table name', { hint: "client.subscribe({table: 'orders'})" });
+  }
+  if (request.snapshot && request.since != null) {
+    throw new PgcastError('bad_request', 'snapshot and since exclude each other');
+  }
+  /** @type {any} */
+  const clean = { table: request.table };
+  for (const k of ['schema', 'filter', 'events', 'columns']) if (request[k] != null) clean[k] = request[k];
+  clean.snapshot = !!request.snapshot;
+  return clean;
+}
+
+/**
  * One table or channel subscription. Returned by `client.subscribe()`; the caller
  * keeps it only to `unsubscribe()`. State: 'pending' (sent or waiting to be sent),
  * 'live' (accepted), 'closed' (unsubscribed or client closed), 'failed' (refused).
