@@ -43,14 +43,33 @@ const notOverSse = (id) => new PgcastError('not_supported', 'publish needs a Web
  * (or `getClient` to share one per URL). It connects at once.
  */
 export class Client {
+  /** @internal @type {any} */
+  options;
+  /** @internal @type {Required<import('./types.js').BackoffOptions>} */
+  _backoffOptions;
+  /** @internal @type {Map<string, Set<Function>>} */
+  _listeners;
+  /** @internal @type {Map<string, Subscription>} key -> subscription */
+  _subs;
+  /** @internal @type {Outbox} */
+  _outbox;
+  /** @internal @type {number} */
+  _counter;
+  /** @internal @type {boolean} */
+  _closed;
+  /** @internal @type {boolean} */
+  _paused;
+  /** @internal @type {import('./types.js').Transport} */
+  _transport;
+  /** @internal @type {() => void} stops watching the page's visibility */
+  _unwatch;
+
   /** @param {import('./types.js').ClientOptions} [options] */
   constructor(options = {}) {
     const o = { ...DEFAULTS, ...options };
     /** The normalized WebSocket URL. */
     this.url = normalizeUrl(o.url);
-    /** @internal @type {any} */
     this.options = o;
-    /** @internal */
     this._backoffOptions = { ...DEFAULT_BACKOFF, ...(o.backoff || {}) };
     checkBackoff(this._backoffOptions);
     if (!TRANSPORT_OPTIONS.includes(o.transport)) {
@@ -62,23 +81,15 @@ export class Client {
     this.position = null;
     /** @type {PgcastError | null} The error that closed the client (a 4500-4999 close), else null. */
     this.error = null;
-    /** @internal @type {Map<string, Set<Function>>} */
     this._listeners = new Map();
-    /** @internal @type {Map<string, Subscription>} key -> subscription */
     this._subs = new Map();
-    /** @internal */
     this._outbox = new Outbox(o.queueSize, (error) => this._reportError(error));
-    /** @internal */
     this._counter = 0;
-    /** @internal */
     this._closed = false;
-    /** @internal */
     this._paused = false;
-    /** @internal @type {import('./types.js').Transport} */
     this._transport = o.transport === 'sse' || (o.transport === 'auto' && !webSocketAvailable(o) && this._sseAvailable())
       ? new SseTransport(this)
       : new WebSocketTransport(this);
-    /** @internal Stops watching the page's visibility. */
     this._unwatch = () => {};
     const doc = o.document !== undefined ? o.document : globalThis.document;
     if (o.pauseWhenHidden && doc && typeof doc.addEventListener === 'function') {

@@ -51,7 +51,7 @@ export function parseFilter(text) {
  * @returns {boolean}
  */
 export function matchesFilter(filter, row) {
-  const parsed = typeof filter === 'object' && filter !== null ? filter : parseFilter(filter);
+  const parsed = typeof filter === 'object' && filter !== null ? filter : parseFilter(/** @type {string} */ (filter));
   return parsed.matches(row);
 }
 

@@ -14,15 +14,18 @@ import { Filter, parseFilter } from './filters.js';
  * @template {Row} [R=Row]
  */
 export class TableMirror {
+  /** @internal @type {Map<unknown, R>} */
+  _rows;
+  /** @internal @type {Map<unknown, R> | null} rows of a snapshot still arriving */
+  _pending;
+
   /** @param {{filter?: string | Filter | null, key?: import('./types.js').KeyOption<R>}} [options] */
   constructor({ filter, key = 'id' } = {}) {
     /** @type {Filter} */
-    this.filter = typeof filter === 'object' && filter !== null ? filter : parseFilter(filter);
+    this.filter = typeof filter === 'object' && filter !== null ? filter : parseFilter(/** @type {string} */ (filter));
     /** @type {(row: R) => unknown} */
     this.keyOf = typeof key === 'function' ? key : (row) => row[key];
-    /** @internal @type {Map<unknown, R>} */
     this._rows = new Map();
-    /** @internal @type {Map<unknown, R> | null} rows of a snapshot still arriving */
     this._pending = null;
     /** Incremented on every visible change. */
     this.version = 0;

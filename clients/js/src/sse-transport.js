@@ -10,6 +10,7 @@ import { PgcastError } from './errors.js';
 import { sseUrl } from './urls.js';
 
 /** @typedef {import('./subscription.js').Subscription} Subscription */
+/** @typedef {import('./types.js').Transport} Transport */
 
 // 'message' (a channel's NOTIFY) is the EventSource's onmessage: not listed here.
 const FRAME_EVENTS = ['snapshot', 'change', 'resync', 'subscribed', 'welcome'];
@@ -18,7 +19,7 @@ const EVENTSOURCE_CLOSED = 2;
 /** @type {Record<number, string>} */
 const REFUSALS = { 404: 'unknown_table', 403: 'forbidden_channel', 401: 'rejected' };
 
-/** @implements {import('./types.js').Transport} */
+/** @implements {Transport} */
 export class SseTransport {
   /** @param {import('./client.js').Client} client */
   constructor(client) {

@@ -15,12 +15,14 @@ import { PgcastError, safeCall } from './errors.js';
  * twice, a new id is never dropped.
  */
 export class RecentIds {
+  /** @internal @type {Map<string, true>} */
+  _ids;
+
   /** @param {number} [capacity] */
   constructor(capacity = 10000) {
     if (!(capacity >= 1)) throw new RangeError(`capacity must be >= 1, got ${capacity}`);
     /** @readonly */
     this.capacity = capacity;
-    /** @internal @type {Map<string, true>} */
     this._ids = new Map();
   }
   /**
@@ -79,6 +81,25 @@ export function tableRequest(request) {
  * 'live' (accepted), 'closed' (unsubscribed or client closed), 'failed' (refused).
  */
 export class Subscription {
+  /** @internal @type {import('./client.js').Client} */
+  _client;
+  /** @internal @type {any} a TableRequest or {channel} */
+  request;
+  /** @internal @type {boolean} */
+  isChannel;
+  /** @internal @type {string} for messages: 'public.orders', 'channel x' */
+  target;
+  /** @internal @type {import('./types.js').SubscriptionHandlers<any>} */
+  handlers;
+  /** @internal @type {string | null} */
+  wireId;
+  /** @internal @type {number} */
+  _attempt;
+  /** @internal @type {RecentIds} */
+  _seen;
+  /** @internal @type {any} the subscription's EventSource on the SSE transport */
+  _source;
+
   /**
    * @param {import('./client.js').Client} client
    * @param {string} key
@@ -87,17 +108,12 @@ export class Subscription {
    * @param {{since?: string | number | null, dedupeWindow?: number}} options
    */
   constructor(client, key, request, handlers, { since, dedupeWindow }) {
-    /** @internal */
     this._client = client;
     /** Client-side id; wire ids are `id`, then `id-2`, `id-3`... per resubscribe. */
     this.id = key;
-    /** @internal @type {any} a TableRequest or {channel} */
     this.request = request;
-    /** @internal */
     this.isChannel = 'channel' in request;
-    /** @internal */
     this.target = 'channel' in request ? `channel ${request.channel}` : `${request.schema || 'public'}.${request.table}`;
-    /** @internal */
     this.handlers = handlers;
     /** @type {import('./types.js').SubscriptionState} */
     this.state = 'pending';
@@ -107,15 +123,11 @@ export class Subscription {
     this.resumeFrom = since == null ? null : String(since);
     /** Replayed changes dropped as duplicates. */
     this.duplicates = 0;
-    /** @internal @type {string | null} */
     this.wireId = null;
     /** @type {PgcastError | null} */
     this.error = null;
-    /** @internal */
     this._attempt = 0;
-    /** @internal */
     this._seen = new RecentIds(dedupeWindow);
-    /** @internal @type {any} the subscription's EventSource on the SSE transport */
     this._source = null;
   }
 
@@ -221,17 +233,21 @@ export class Subscription {
  * `.publish(payload)` sends a `publish` message (queued while offline).
  */
 export class Channel {
+  /** @internal @type {import('./client.js').Client} */
+  _client;
+  /** @internal @type {Record<string, Set<Function>>} */
+  _listeners;
+  /** @internal @type {Subscription | null} */
+  _sub;
+
   /**
    * @param {import('./client.js').Client} client
    * @param {string} name
    */
   constructor(client, name) {
-    /** @internal */
     this._client = client;
     this.name = name;
-    /** @internal @type {Record<string, Set<Function>>} */
     this._listeners = { message: new Set(), error: new Set(), subscribed: new Set() };
-    /** @internal @type {Subscription | null} */
     this._sub = null;
   }
 

@@ -10,6 +10,7 @@ import { PgcastError, describe } from './errors.js';
 import { withToken } from './urls.js';
 
 /** @typedef {import('./subscription.js').Subscription} Subscription */
+/** @typedef {import('./types.js').Transport} Transport */
 
 /**
  * @typedef {object} Connection
@@ -46,7 +47,7 @@ export function subscribeFrame(wireId, request, since) {
   return frame;
 }
 
-/** @implements {import('./types.js').Transport} */
+/** @implements {Transport} */
 export class WebSocketTransport {
   /** @param {import('./client.js').Client} client */
   constructor(client) {
