@@ -26,7 +26,7 @@ async function files(dir) {
   const out = new Map();
   for (const entry of await readdir(dir, { recursive: true, withFileTypes: true })) {
     if (!entry.isFile()) continue;
-    const path = join(entry.parentPath, entry.name);
+    const path = join(entry.parentPath ?? entry.path, entry.name);
     out.set(relative(dir, path), await readFile(path, 'utf8'));
   }
   return out;

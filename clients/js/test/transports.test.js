@@ -76,6 +76,15 @@ function sseClient(t, es, options = {}) {
   return { client, rec };
 }
 
+/** A client on the fake SSE transport with one `orders` subscription, and its stream. */
+async function ordersStream(t, options = {}) {
+  const es = fakeEventSource();
+  const { client, rec } = sseClient(t, es, options);
+  const sub = new Recorder();
+  const handle = client.subscribe({ table: 'orders' }, sub.handlers());
+  return { es, client, rec, sub, handle, source: await es.nth(0) };
+}
+
 const change = (id, record = { id: Number(id) }) => ({ type: 'change', sub: 's1', id, op: 'INSERT', record, old_record: null });
 
 test('SSE transport: one stream per subscription; frames reach their subscription; live once every stream is open', async (t) => {
@@ -108,11 +117,7 @@ test('SSE transport: one stream per subscription; frames reach their subscriptio
 });
 
 test('SSE transport: a stream closed for good reopens after a backoff from the last change id', async (t) => {
-  const es = fakeEventSource();
-  const { client, rec } = sseClient(t, es);
-  const sub = new Recorder();
-  const handle = client.subscribe({ table: 'orders' }, sub.handlers());
-  const first = await es.nth(0);
+  const { es, client, rec, sub, handle, source: first } = await ordersStream(t);
   assert.equal(first.url.searchParams.get('since'), null, 'a fresh subscription asks for no position');
   first.open();
   first.emit('subscribed', { type: 'subscribed', id: 's1' }, '3');
@@ -155,11 +160,7 @@ test('SSE transport: an HTTP 4xx refuses the subscription; the others keep strea
 });
 
 test("SSE transport: an error frame fails its subscription, except 'unavailable' (the stream resumes)", async (t) => {
-  const es = fakeEventSource();
-  const { client, rec } = sseClient(t, es);
-  const sub = new Recorder();
-  const handle = client.subscribe({ table: 'orders' }, sub.handlers());
-  const source = await es.nth(0);
+  const { rec, sub, handle, source } = await ordersStream(t);
   source.open();
   source.emit('error', { type: 'error', id: null, code: 'unavailable', message: 'gateway shutting down' });
   assert.equal(rec.errors[0].code, 'unavailable');
