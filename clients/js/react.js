@@ -107,7 +107,8 @@ export function useGatewayStatus(options = {}) {
   return useStatus(useClient(options));
 }
 
-const EMPTY = Object.freeze([]);
+// One frozen empty list: a render with no rows yet keeps the same array.
+const EMPTY = /** @type {any[]} */ (/** @type {unknown} */ (Object.freeze([])));
 
 /**
  * A live mirror of `table`: `{rows, status, error, ready}`. The rows are the
@@ -132,6 +133,7 @@ export function useTable(table, options = {}) {
 
   useEffect(() => {
     let active = true;
+    /** @type {import('./pgcast.js').TableWatch<any> | null} */
     let watch = null;
     try {
       watch = client.watchTable(

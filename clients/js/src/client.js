@@ -35,7 +35,7 @@ const TRANSPORT_OPTIONS = ['auto', 'websocket', 'sse'];
 /** @param {{WebSocket?: unknown}} options */
 const webSocketAvailable = (options) => typeof (options.WebSocket || globalThis.WebSocket) === 'function';
 
-/** @param {string} id */
+/** @param {string | undefined} id */
 const notOverSse = (id) => new PgcastError('not_supported', 'publish needs a WebSocket connection; this client fell back to SSE', { id });
 
 /**
@@ -114,8 +114,9 @@ export class Client {
    * @returns {() => void}
    */
   on(event, callback) {
-    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
-    this._listeners.get(event).add(callback);
+    let set = this._listeners.get(event);
+    if (!set) this._listeners.set(event, (set = new Set()));
+    set.add(callback);
     return () => this.off(event, callback);
   }
 

@@ -16,13 +16,13 @@ export class Outbox {
     this._report = report;
     /** @type {Queued[]} */
     this._queue = [];
-    /** @type {Map<string, Function>} publish id -> onError */
+    /** @type {Map<string | undefined, Function>} publish id -> onError */
     this._awaiting = new Map();
   }
 
   /**
    * Keep `onError` until the gateway answers message `id` (an answer is an error).
-   * @param {string} id
+   * @param {string | undefined} id
    * @param {Function} onError
    */
   await(id, onError) {
@@ -49,7 +49,7 @@ export class Outbox {
   push(frame, onError) {
     this._queue.push({ frame, onError });
     if (this._queue.length <= this.limit) return;
-    const dropped = this._queue.shift();
+    const dropped = /** @type {Queued} */ (this._queue.shift());
     const error = new PgcastError('queue_full', `outgoing queue full (${this.limit} messages while offline): dropped a ${dropped.frame.type}`, {
       id: dropped.frame.id,
       hint: 'raise the queueSize option or send less while offline',

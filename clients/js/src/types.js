@@ -109,7 +109,7 @@
 
 /**
  * @typedef {object} ClientOptions
- * @property {string} [url] Gateway URL: ws(s)://host:port, http(s)://..., a path ("/ws"), or omitted (same origin) in a browser.
+ * @property {string | null} [url] Gateway URL: ws(s)://host:port, http(s)://..., a path ("/ws"), or omitted (same origin) in a browser.
  * @property {string} [token] Sent as `?token=` on every connect.
  * @property {() => string | null | undefined | Promise<string | null | undefined>} [getToken] Awaited before every connect (and every SSE stream); its result is used as the token.
  * @property {unknown} [WebSocket] WebSocket constructor (default: globalThis.WebSocket; under Node 20 pass the `ws` package's).

@@ -14,7 +14,7 @@ import { PgcastError } from './errors.js';
 export function normalizeUrl(url, base = globalThis.location && globalThis.location.href) {
   let parsed;
   try {
-    parsed = base ? new URL(url ?? '/ws', base) : new URL(url);
+    parsed = base ? new URL(url ?? '/ws', base) : new URL(/** @type {string} */ (url));
   } catch {
     throw notAGatewayUrl(url);
   }

@@ -210,7 +210,7 @@ export class WebSocketTransport {
       const id = frame.id == null ? null : String(frame.id);
       const sub = id === null ? undefined : this._byWire.get(id);
       if (sub) {
-        this._byWire.delete(id);
+        this._byWire.delete(/** @type {string} */ (id));
         this._client._refuse(sub, frame);
       } else {
         this._client._onErrorFrame(frame);
@@ -297,10 +297,10 @@ export class WebSocketTransport {
     if (conn.httpStatus === 401 || conn.httpStatus === 403) code = conn.httpStatus === 401 ? 4501 : 4502;
     const action = closeAction(code);
     if (action === 'terminal') {
-      const meaning = CLOSE_MEANINGS[code] || 'do not reconnect';
+      const meaning = CLOSE_MEANINGS[/** @type {keyof typeof CLOSE_MEANINGS} */ (code)] || 'do not reconnect';
       const detail = conn.httpStatus ? `HTTP ${conn.httpStatus}` : `close code ${code}`;
       client._terminate(new PgcastError('rejected', `gateway rejected the connection (${detail}, ${meaning})${reason ? `: ${reason}` : ''}`, {
-        closeCode: code,
+        closeCode: code ?? undefined,
         hint: code === 4501 || code === 4503 ? 'pass a valid token' : undefined,
       }));
       return;

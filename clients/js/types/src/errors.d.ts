@@ -8,10 +8,10 @@
  */
 export declare class PgcastError extends Error {
     code: string;
-    hint: string;
-    closeCode: number;
-    id: string;
-    frame: import("./types.js").ErrorFrame;
+    hint: string | undefined;
+    closeCode: number | undefined;
+    id: string | undefined;
+    frame: import("./types.js").ErrorFrame | undefined;
     /**
      * @param {string} code
      * @param {string} message

@@ -12,8 +12,8 @@ export declare class Outbox {
     _report: (error: PgcastError) => void;
     /** @type {Queued[]} */
     _queue: Queued[];
-    /** @type {Map<string, Function>} publish id -> onError */
-    _awaiting: Map<string, Function>;
+    /** @type {Map<string | undefined, Function>} publish id -> onError */
+    _awaiting: Map<string | undefined, Function>;
     /**
      * @param {number} limit messages kept while offline, and publishes awaiting an answer
      * @param {(error: PgcastError) => void} report where a dropped message is reported too
@@ -21,15 +21,15 @@ export declare class Outbox {
     constructor(limit: number, report: (error: PgcastError) => void);
     /**
      * Keep `onError` until the gateway answers message `id` (an answer is an error).
-     * @param {string} id
+     * @param {string | undefined} id
      * @param {Function} onError
      */
-    await(id: string, onError: Function): void;
+    await(id: string | undefined, onError: Function): void;
     /**
      * The gateway answered message `id`: its error callback, once (undefined if none).
      * @param {string | undefined} id
      */
-    answered(id: string | undefined): Function;
+    answered(id: string | undefined): Function | undefined;
     /**
      * Queue a message until the next connection; when full the oldest is dropped,
      * reported to its caller and to `report`.

@@ -37,10 +37,10 @@ export declare class WebSocketTransport implements Transport {
     _connectionPosition: string | null;
     /** @type {Iterator<number> | null} */
     _delays: Iterator<number> | null;
-    _reconnectTimer: number;
-    _openTimer: number;
-    _pingTimer: number;
-    _pongTimer: number;
+    _reconnectTimer: number | undefined;
+    _openTimer: number | undefined;
+    _pingTimer: number | undefined;
+    _pongTimer: number | undefined;
     _activity: boolean;
     _handshakeFailures: number;
     _connectSeq: number;
