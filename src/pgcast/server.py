@@ -27,6 +27,7 @@ from websockets.http11 import Request, Response
 
 from . import __version__, exactjson, protocol
 from .auth import ANONYMOUS, AuthConfig, AuthError, Identity, RowRule, extract_token
+from .browser_client import js_response
 from .capture.installer import prune
 from .capture.wal import WalConsumer
 from .catch_up import CatchUps
@@ -516,6 +517,8 @@ class Gateway:
             response = await self.routes(request)
             if response is not None:
                 return response
+        if (script := js_response(request)) is not None:  # the browser client, at /js/
+            return script
         if request.path == "/":
             body = {
                 "name": "pgcast",
