@@ -48,9 +48,10 @@ async def listen(
     names are lowercased, quoted ones keep their case) or, with ``channel=True``, a
     raw NOTIFY channel name used as is. With ``json_lines`` each frame is printed
     as received, one compact JSON object per line; otherwise as a one-line summary
-    (``INSERT public.orders change=1042 {...}``: the change id, then the row). ``resync`` frames are printed too:
-    they mean the consumer must refetch. ``max_events`` stops after that many
-    changes/messages. ``out`` / ``err`` default to stdout / stderr.
+    (``INSERT public.orders change=1042 {...}``: the change id, then the row).
+    ``resync`` frames are printed too: they mean the consumer must refetch.
+    ``max_events`` stops after that many changes/messages. ``out`` / ``err`` default
+    to stdout / stderr.
     """
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
