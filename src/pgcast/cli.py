@@ -207,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         "target", metavar="TABLE|CHANNEL", help=TABLE_HELP + "; with --channel a NOTIFY channel"
     )
     listen.add_argument(
-        "--url", default="ws://127.0.0.1:8000", help="gateway URL (default: ws://127.0.0.1:8000)"
+        "--url",
+        default=os.environ.get("PGCAST_URL") or "ws://127.0.0.1:8000",
+        help="gateway URL (default: PGCAST_URL, else ws://127.0.0.1:8000)",
     )
     listen.add_argument("--filter", help="e.g. 'status=eq.pending&amount=gt.100'")
     listen.add_argument("--since", type=_since, help="resume after this change id")
