@@ -146,7 +146,9 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
 
     def localise(text: str) -> str:
         text = text.replace("postgresql://postgres@127.0.0.1:5432", admin_base)
-        text = text.replace("/shop", f"/{database}").replace("DATABASE shop", f"DATABASE {database}")
+        text = text.replace("/shop", f"/{database}").replace(
+            "DATABASE shop", f"DATABASE {database}"
+        )
         return text.replace("8000", str(port))
 
     blocks = tour_blocks()
