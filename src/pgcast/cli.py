@@ -515,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:  # bare `pgcast`: the commands, not just a usage line
-        parser.print_help()
+        parser.print_help(sys.stderr)
         print("pgcast: error: a command is required (see the list above)", file=sys.stderr)
         return EXIT_USAGE
     log_format = _log_format(args)

@@ -589,7 +589,8 @@ class Client:
             self._terminate(error)
 
     def _terminate(self, error: ClientError) -> None:
-        logger.error("%s", error)
+        # Debug only: every waiting caller receives `error` and reports it itself.
+        logger.debug("%s", error)
         self.error = error
         self._set_status(ClientStatus.CLOSED)
         for sub in list(self._subs.values()):
