@@ -100,8 +100,13 @@ _SNAPSHOT_COLUMNS = """
        ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot())::text::bigint) AS pending,
        pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax"""
 
+# The head is at least the prune position: a log pruned empty still ends there, and a
+# cursor starting below it would report the pruned ids as a gap it never had.
 _HEAD = f"""
-SELECT coalesce((SELECT max(id) FROM pgcast.changes), 0) AS head,{_SNAPSHOT_COLUMNS}
+SELECT greatest(
+           (SELECT max(id) FROM pgcast.changes),
+           (SELECT value::bigint FROM pgcast.state WHERE key = 'pruned_through'),
+           0) AS head,{_SNAPSHOT_COLUMNS}
 """
 
 _XIP = f"SELECT {_SNAPSHOT_COLUMNS}"

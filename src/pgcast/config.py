@@ -393,6 +393,12 @@ def _channel_matches(pattern: str, channel: str) -> bool:
 _FIELDS = tuple(_PARSERS)
 
 
+def parse_setting(name: str, value: object, label: str) -> Any:
+    """Validate one setting given under another name (a command's own flag): errors
+    name ``label``, e.g. ``--older-than``, not the setting."""
+    return _PARSERS[name](value, label)
+
+
 def _unknown_key(key: str, where: str) -> ConfigError:
     close = difflib.get_close_matches(key, _FIELDS, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"known settings: {', '.join(_FIELDS)}"

@@ -27,6 +27,7 @@ from websockets.http11 import Request, Response
 
 from . import __version__, exactjson, protocol
 from .auth import ANONYMOUS, AuthConfig, AuthError, Identity, RowRule, extract_token
+from .browser_client import js_response
 from .capture.installer import prune
 from .capture.wal import WalConsumer
 from .catch_up import CatchUps
@@ -34,7 +35,7 @@ from .changelog import DATABASE_ERRORS
 from .client_address import client_address, is_trusted_proxy, peer_address
 from .config import Settings
 from .events import ChangeEvent, Horizon
-from .exceptions import CatchUpAborted, DatabaseUnavailable, ProtocolError, RowImageError
+from .exceptions import CatchUpAborted, ProtocolError, RowImageError
 from .filters import MATCH_ALL, Filter
 from .hooks import ChangeHooks, HookFunction
 from .hub import Hub, Subscription
@@ -42,6 +43,7 @@ from .listener import Listener, ListenerState
 from .metrics import Registry
 from .protocol import CloseCode, ErrorCode, Subscribe, Unsubscribe
 from .session import Session
+from .startup import connect_with_retry, wait_unless_stopped
 from .transports import ClientTransport
 from .transports.http import HttpRequest
 from .transports.outbox import MAX_BUFFERED_BYTES, UNAUTHENTICATED_BUFFERED_BYTES
@@ -227,20 +229,21 @@ class Gateway:
 
     # lifecycle -----------------------------------------------------------------
 
-    async def start(self, *, ready_timeout: float = 10.0, serve_tcp: bool = True) -> None:
+    async def start(
+        self, *, ready_timeout: float = 10.0, serve_tcp: bool = True, retry: bool = False
+    ) -> None:
         """Connect to PostgreSQL, start the listener and bind the HTTP/WebSocket port.
 
         ``serve_tcp=False`` binds nothing: an embedding server (pgcast.asgi) carries the
-        connections and calls the transport callbacks itself."""
-        try:
-            self._pool = await asyncpg.create_pool(
+        connections and calls the transport callbacks itself. ``retry`` waits for an
+        unreachable database (with backoff, logging each attempt) instead of failing."""
+        self._pool = await connect_with_retry(
+            lambda: asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self.settings.pool_size, command_timeout=60
-            )
-        except DATABASE_ERRORS as exc:
-            raise DatabaseUnavailable(
-                f"cannot connect to PostgreSQL: {exc}",
-                hint="check --database-url / PGCAST_DATABASE_URL / DATABASE_URL",
-            ) from None
+            ),
+            self.dsn,
+            retry=retry,
+        )
         self._catalog = Catalog(self._pool)
         self.catch_ups.pool = self._pool
         self.hooks.start()  # before the listener: no change may pass unseen
@@ -527,6 +530,8 @@ class Gateway:
             response = await self.routes(request)
             if response is not None:
                 return response
+        if (script := js_response(request)) is not None:  # the browser client, at /js/
+            return script
         if request.path == "/":
             body = {
                 "name": "pgcast",
@@ -999,7 +1004,8 @@ async def serve(
     """Run a gateway until ``stop`` is set (or forever), then shut down cleanly."""
     gateway = Gateway(settings, dsn, auth=auth, routes=routes)
     try:
-        await gateway.start()
+        if not await wait_unless_stopped(gateway.start(retry=True), stop):
+            return  # stopped while waiting for the database
         if on_ready is not None:
             on_ready(gateway)
         await (stop.wait() if stop is not None else asyncio.Event().wait())

@@ -687,14 +687,14 @@ async def test_listen_bad_target_exits_2_without_hanging(gateway: FakeGateway) -
 
 def test_format_frame_summaries() -> None:
     assert format_frame(change("s1", "1042")) == (
-        'INSERT public.orders id=1042 {"id":1042,"status":"pending"}'
+        'INSERT public.orders change=1042 {"id":1042,"status":"pending"}'
     )
     update = change("s1", "7", op="UPDATE", changed=["status"])
     assert format_frame(update).endswith(" changed=status")
     delete = change("s1", "8", op="DELETE", record=None, old_record={"id": 8})
-    assert format_frame(delete) == 'DELETE public.orders id=8 {"id":8}'
+    assert format_frame(delete) == 'DELETE public.orders change=8 {"id":8}'
     truncate = change("s1", "9", op="TRUNCATE", record=None)
-    assert format_frame(truncate) == "TRUNCATE public.orders id=9"
+    assert format_frame(truncate) == "TRUNCATE public.orders change=9"
     assert format_frame({"type": "resync", "sub": "s1", "reason": "pruned"}).startswith("RESYNC")
 
 

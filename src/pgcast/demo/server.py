@@ -8,7 +8,6 @@ import sys
 import webbrowser
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -23,10 +22,6 @@ from ..transports.http import HttpRequest
 from ..transports.websocket import http_response
 from . import api
 
-# The browser client lives in the repository's clients/js (served as /js/...): its
-# entry points (pgcast.js, react.js) and the modules under src/ that they import.
-JS_DIR = Path(__file__).resolve().parents[3] / "clients" / "js"
-_JS_MODULE_DIRS = ("", "src")
 _REASONS = {200: "OK", 201: "Created", 403: "Forbidden", 415: "Unsupported Media Type"}
 
 
@@ -34,31 +29,14 @@ def _page() -> bytes:
     return resources.files("pgcast.demo").joinpath("static/index.html").read_bytes()
 
 
-def _js_files() -> dict[str, Path]:
-    """``/js/...`` -> file, for each ES module of the client; only these are served."""
-    return {
-        f"/js/{path.relative_to(JS_DIR).as_posix()}": path
-        for folder in _JS_MODULE_DIRS
-        for path in sorted((JS_DIR / folder).glob("*.js"))
-    }
-
-
 def make_routes(pool: Any) -> Callable[[HttpRequest], Awaitable[Response | None]]:
-    """The demo's HTTP routes: ``/`` (the page), ``/js/*`` (the client), ``/api/orders``."""
+    """The demo's HTTP routes: ``/`` (the page) and ``/api/orders``; the gateway itself
+    serves the browser client at ``/js/`` (pgcast.browser_client)."""
     page = _page()
-    scripts = _js_files()
 
     async def routes(request: HttpRequest) -> Response | None:
         if request.path in ("/", "/index.html") and request.method in ("GET", "HEAD"):
             return http_response(200, "OK", page, "text/html; charset=utf-8")
-        if request.path.startswith("/js/") and request.method in ("GET", "HEAD"):
-            script = scripts.get(request.path)
-            if script is None or not script.is_file():
-                body = b"// the JS client is missing: install pgcast from its repository (pip -e)"
-                if scripts:
-                    body = b"// no such module of the JS client"
-                return http_response(404, "Not Found", body, "text/javascript")
-            return http_response(200, "OK", script.read_bytes(), "text/javascript; charset=utf-8")
         reply = await api.handle(pool, request.method, request.path, request.body, request.headers)
         if reply is None:
             return None
