@@ -14,8 +14,12 @@ are measured while the gateway reads and delivers. Modes:
   only, so old and new are compared in one run);
 * ``row_notify``: the hand-written trigger pgcast replaces, ``pg_notify`` of
   ``row_to_json(NEW)`` per row;
-* ``wal``: WAL capture, measured only with ``--wal-dsn`` (a database with
-  ``wal_level = logical``) once WAL mode exists; otherwise skipped with the reason.
+* ``wal``: WAL capture (``track --capture wal``), the gateway's slot consumer
+  appending to the log and the subscriber receiving. WAL mode needs
+  ``wal_level = logical``, which the machine's server lacks, so when ``wal`` is
+  among the modes EVERY mode runs on one such server, for ratios from one server:
+  ``--wal-dsn`` (an admin DSN), else a throwaway cluster started from
+  tests/integration/wal_cluster.py with ``fsync = on`` (bench/common.py).
 
 Each (clients, statement) cell runs every mode once per round, in a rotated order
 (interleaved: drifting machine load hits every mode alike), ``pgbench -n -c N -j 2
@@ -49,7 +53,14 @@ from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DEFAULT_DSN, free_port, gateway_process, loadavg, scratch_database
+from common import (
+    DEFAULT_DSN,
+    free_port,
+    gateway_process,
+    loadavg,
+    logical_server,
+    scratch_database,
+)
 
 from pgcast.capture.installer import track
 from pgcast.capture.sql import (
@@ -62,7 +73,7 @@ from pgcast.capture.sql import (
 from pgcast.identifiers import parse_table_name, quote_ident
 
 MODES = ("untracked", "trigger", "notify_tx", "row_notify", "wal")
-TRACKED = ("trigger", "notify_tx")  # modes whose changes the gateway delivers
+TRACKED = ("trigger", "notify_tx", "wal")  # modes whose changes the gateway delivers
 ROWS = 100_000
 
 _DDL = """
@@ -134,7 +145,8 @@ async def prepare(dsn: str, modes: list[str]) -> dict[str, str]:
             await conn.execute(_DDL.format(t=table, rows=ROWS))
             tables[mode] = table
             if mode in TRACKED:
-                await track(conn, parse_table_name(table))
+                capture = "wal" if mode == "wal" else "trigger"
+                await track(conn, parse_table_name(table), capture=capture)
             if mode == "notify_tx":
                 await conn.execute(notify_each_function())
                 name = parse_table_name(table)
@@ -148,17 +160,6 @@ async def prepare(dsn: str, modes: list[str]) -> dict[str, str]:
     finally:
         await conn.close()
     return tables
-
-
-def wal_unavailable(args: argparse.Namespace) -> str | None:
-    """Why the wal column cannot be measured here (None: it can)."""
-    if not args.wal_dsn:
-        return "no --wal-dsn (a database with wal_level = logical) given"
-    try:
-        __import__("pgcast.capture.wal")
-    except ImportError:
-        return "this pgcast has no WAL capture mode (pgcast.capture.wal)"
-    return "WAL mode set-up is not wired into this benchmark yet"
 
 
 def pgbench_binary() -> str:
@@ -234,16 +235,22 @@ def log_reads(port: int, no_gateway: bool) -> float:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    wal_reason = wal_unavailable(args)
-    modes = [m for m in args.modes.split(",") if m != "wal" or wal_reason is None]
+    modes = args.modes.split(",")
+    if "wal" not in modes:
+        return await measure_on(args, args.dsn, modes)
+    with logical_server(args.wal_dsn) as admin_dsn:
+        return await measure_on(args, admin_dsn, modes)
+
+
+async def measure_on(args: argparse.Namespace, admin_dsn: str, modes: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {
         "modes": modes,
-        "skipped": {"wal": wal_reason} if wal_reason else {},
+        "server": admin_dsn,
         "loadavg_start": loadavg(),
         "cells": [],
         "bulk_update": {},
     }
-    async with scratch_database(args.dsn) as dsn:
+    async with scratch_database(admin_dsn) as dsn:
         tables = await prepare(dsn, modes)
         heard: list[float] = []
         spy = await asyncpg.connect(dsn)
@@ -360,7 +367,12 @@ def _strs(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dsn", default=DEFAULT_DSN, help="admin DSN (a scratch DB is made)")
-    parser.add_argument("--wal-dsn", default=os.environ.get("PGCAST_WAL_DSN"))
+    parser.add_argument(
+        "--wal-dsn",
+        default=os.environ.get("PGCAST_WAL_DSN"),
+        help="admin DSN of a wal_level = logical server for all modes when wal is among "
+        "them (default: start a throwaway cluster)",
+    )
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--clients", type=_ints, default=[1, 16, 64])
     parser.add_argument("--ops", type=_strs, default=["insert", "update"])
@@ -378,8 +390,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
     results = asyncio.run(measure(args))
-    for mode, reason in results["skipped"].items():
-        print(f"\n{mode}: skipped: {reason}")
     print(
         f"\ndelivered: {results['delivered']}; loadavg {results['loadavg_start']} -> "
         f"{results['loadavg_end']}"

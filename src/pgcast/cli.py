@@ -1,4 +1,4 @@
-"""The ``pgcast`` command line: serve, track, untrack, status, listen, prune.
+"""The ``pgcast`` command line: serve, track, untrack, status, listen, prune, uninstall.
 
 Database settings come from ``--database-url``, ``PGCAST_DATABASE_URL``,
 ``DATABASE_URL``, then ``pgcast.toml``; with none, an embedded PostgreSQL in a
@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from . import __version__, cli_embedded
+from . import __version__, cli_embedded, cli_uninstall
 from .capture import installer
 from .capture.wal_status import explain_wal, wal_report
 from .config import Settings, load_settings, parse_setting
@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="age such as 7d, 12h, 30m or 1d12h (default: the retention setting, 7d)",
     )
     prune.add_argument("--keep-last", type=int, help="keep only the newest N rows")
+
+    uninstall = commands.add(
+        "uninstall", "drop everything pgcast installed in the database", cli_uninstall.DETAILS
+    )
+    _add_database_options(uninstall)
+    cli_uninstall.add_arguments(uninstall)
 
     demo = commands.add(
         "demo",
@@ -503,6 +509,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "listen": cmd_listen,
     "demo": cmd_demo,
     "embedded": cli_embedded.cmd_embedded,
+    "uninstall": cli_uninstall.cmd_uninstall,
 }
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +18,7 @@ from pgcast.identifiers import parse_table_name
 from ..conftest import ADMIN_DSN
 from .gateway_helpers import TIMEOUT, running_gateway, ws_client
 from .test_cli import Cli, assert_no_traceback
-from .wal_cluster import WalCluster, fresh_database, wal_cluster
-
-
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[WalCluster]:
-    with wal_cluster() as c:
-        yield c
-
-
-@pytest.fixture
-async def wal_dsn(cluster: WalCluster) -> AsyncIterator[str]:
-    async with fresh_database(cluster) as dsn:
-        yield dsn
-
-
-@pytest.fixture
-async def wconn(wal_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(wal_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
+from .wal_cluster import WalCluster
 
 ORDERS = (
     "CREATE TABLE orders (id serial PRIMARY KEY, customer_name text, status text, "
