@@ -28,7 +28,7 @@ from .tcp_proxy import TcpProxy
 
 async def wait_until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(TIMEOUT):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 (frames are appended by the reader task)
             await asyncio.sleep(0.02)
 
 
