@@ -258,6 +258,49 @@ async def test_resubscribe_before_any_change_resumes_from_first_welcome_position
         assert client.position == "1041"
 
 
+async def test_resumed_replay_drops_changes_the_starting_snapshot_holds(
+    gateway: FakeGateway,
+) -> None:
+    # Snapshot at head 100, xmax 50, transaction 45 open: 90 (txid 40) is in it.
+    async def snapshot_then_live(conn: FakeConnection, message: dict[str, Any]) -> None:
+        wire = message["id"]
+        if not message.get("snapshot"):
+            await accept(conn, message)
+            return
+        await conn.send(
+            {
+                "type": "snapshot",
+                "sub": wire,
+                "part": 0,
+                "done": True,
+                "rows": [],
+                "position": "100:50:45",
+            }
+        )
+        await conn.send({"type": "subscribed", "id": wire})
+        await conn.send(change(wire, "95", txid="45"))  # committed after the snapshot
+        await conn.send(change(wire, "101", txid="48"))
+
+    gateway.on_subscribe = snapshot_then_live
+    async with (
+        connect(gateway.url, **FAST) as client,
+        client.subscribe("orders", snapshot=True) as sub,
+    ):
+        assert (await next_frame(sub))["type"] == "snapshot"
+        assert [(await next_frame(sub))["id"] for _ in range(2)] == ["95", "101"]
+        conn = await gateway.next_connection()
+        conn.cut()
+        conn2 = await gateway.next_connection()
+        again = await conn2.expect("subscribe")
+        assert again["since"] == "101"
+        # The window before `since` reaches back before the snapshot (a long
+        # transaction held tx_xmin low): 90 is in the snapshot's rows, 95 delivered.
+        for change_id, txid in [("90", "40"), ("95", "45"), ("102", "52")]:
+            await conn2.send(change(again["id"], change_id, txid=txid))
+        assert (await next_frame(sub))["id"] == "102"
+        assert sub.duplicates == 2
+
+
 async def test_explicit_since_is_kept_until_a_change_is_delivered(
     gateway: FakeGateway,
 ) -> None:
