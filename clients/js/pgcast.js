@@ -10,6 +10,7 @@
 // - mirror.js: TableMirror (snapshot + changes by primary key) and watchTable;
 // - urls.js: the gateway's WebSocket and SSE URLs;
 // - subscription.js: Subscription (resume position, duplicate ids), Channel;
+// - position.js: a snapshot position and the changes it already holds (pure);
 // - client.js: Client, the connection model every transport shares, and the per-URL registry;
 // - websocket-transport.js, sse-transport.js: the two transports;
 // - types.js: the frame, request and option shapes (types only).

@@ -3,6 +3,7 @@
 // publish). Both outlive connections and transports; the Client routes frames here.
 
 import { PgcastError, safeCall } from './errors.js';
+import { Position } from './position.js';
 
 /** @typedef {import('./types.js').Frame} Frame */
 
@@ -97,6 +98,8 @@ export class Subscription {
   _attempt;
   /** @internal @type {RecentIds} */
   _seen;
+  /** @internal @type {Position | null} the exact position this subscription's state starts from */
+  _start;
   /** @internal @type {any} the subscription's EventSource on the SSE transport */
   _source;
 
@@ -121,13 +124,19 @@ export class Subscription {
     this.lastId = null;
     /** @type {string | null} Where to resume when no change was delivered yet (since, snapshot or welcome position). */
     this.resumeFrom = since == null ? null : String(since);
-    /** Replayed changes dropped as duplicates. */
+    /**
+     * Replayed changes dropped: their id was already delivered, or they predate
+     * the snapshot (or `since` position) the subscription started from.
+     */
     this.duplicates = 0;
     this.wireId = null;
     /** @type {PgcastError | null} */
     this.error = null;
     this._attempt = 0;
     this._seen = new RecentIds(dedupeWindow);
+    // Changes this position holds are never delivered: its snapshot's rows (or the
+    // caller's state at a `since` position) already reflect them.
+    this._start = Position.parse(since);
     this._source = null;
   }
 
@@ -163,6 +172,7 @@ export class Subscription {
   /** @internal */
   _accept(frame) {
     if (this.state === 'pending') this.state = 'live';
+    if (this._start === null && frame && frame.snapshot_rows != null) this._start = Position.parse(frame.position);
     safeCall(this.handlers.onSubscribed, frame);
   }
 
@@ -170,7 +180,7 @@ export class Subscription {
   _onChange(frame) {
     if (this.state === 'closed' || this.state === 'failed') return;
     const id = frame.id != null ? String(frame.id) : null;
-    if (id !== null && this._seen.has(id)) {
+    if ((id !== null && this._seen.has(id)) || (this._start !== null && this._start.holds(frame))) {
       this.duplicates += 1;
       return;
     }
@@ -196,6 +206,7 @@ export class Subscription {
     if (frame.done && this.lastId === null && frame.position != null) {
       // Resume from the snapshot's position on any later resubscribe; never re-snapshot.
       this.resumeFrom = String(frame.position);
+      this._start = Position.parse(this.resumeFrom);
       this.request = { ...this.request, snapshot: false };
     }
     safeCall(this.handlers.onSnapshot, frame);

@@ -50,7 +50,10 @@ export declare class Subscription {
     lastId: string | null;
     /** @type {string | null} Where to resume when no change was delivered yet (since, snapshot or welcome position). */
     resumeFrom: string | null;
-    /** Replayed changes dropped as duplicates. */
+    /**
+     * Replayed changes dropped: their id was already delivered, or they predate
+     * the snapshot (or `since` position) the subscription started from.
+     */
     duplicates: number;
     /** @type {PgcastError | null} */
     error: PgcastError | null;
