@@ -293,10 +293,12 @@ def raise_nofile(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-async def prepare_table(dsn: str, table: str, ddl: str, target: str) -> None:
+async def prepare_table(
+    dsn: str, table: str, ddl: str, target: str, capture: str = "trigger"
+) -> None:
     """Create ``table`` with ``ddl`` (``{t}`` = the name) and make it deliver its changes:
-    ``track`` it for pgcast, or install the hand-written per-row NOTIFY trigger of
-    bench/baseline/trigger.sql for the baseline."""
+    ``track`` it for pgcast (with ``capture``), or install the hand-written per-row
+    NOTIFY trigger of bench/baseline/trigger.sql for the baseline."""
     from pgcast.capture.installer import track
     from pgcast.identifiers import parse_table_name
 
@@ -304,7 +306,7 @@ async def prepare_table(dsn: str, table: str, ddl: str, target: str) -> None:
     try:
         await conn.execute(ddl.format(t=table))
         if target == "pgcast":
-            await track(conn, parse_table_name(table))
+            await track(conn, parse_table_name(table), capture=capture)
         else:
             # trigger.sql is a psql script: drop its psql meta-commands, bind :"table".
             sql = (ROOT / "bench" / "baseline" / "trigger.sql").read_text()
@@ -418,3 +420,22 @@ async def commit_rows(
         for conn in conns:
             await conn.close()
     return {"committed": committed, "sent": sent, "started": started, "elapsed": elapsed}
+
+
+# A WAL-mode benchmark's server: wal_level = logical, with fsync on as on a real
+# server (the test cluster turns it off), and room for 64 pgbench clients.
+BENCH_CLUSTER_SETTINGS = "fsync = on\nmax_connections = 200\n"
+
+
+@contextlib.contextmanager
+def logical_server(admin_dsn: str | None) -> Iterator[str]:
+    """The admin DSN of a wal_level = logical server: ``admin_dsn`` if given, else a
+    throwaway cluster (tests/integration/wal_cluster.py) for the run's duration."""
+    if admin_dsn:
+        yield admin_dsn
+        return
+    sys.path.insert(0, str(ROOT))
+    from tests.integration.wal_cluster import wal_cluster
+
+    with wal_cluster(BENCH_CLUSTER_SETTINGS) as cluster:
+        yield cluster.admin_dsn

@@ -15,15 +15,21 @@ record its receive time; latency = receive - commit acknowledged to the writer,
 every (probe, row) pair is a sample (``time.time()`` in both processes). Also
 reports the gateway's and load generator's CPU per second and /proc/loadavg.
 Prints JSON.
+
+``--capture wal`` (or ``both``: trigger and WAL runs alternate) tracks the table in
+WAL mode; every run then uses one ``wal_level = logical`` server, ``--wal-dsn`` or
+a throwaway cluster with ``fsync = on`` (bench/common.py ``logical_server``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import orjson
@@ -38,6 +44,7 @@ from common import (
     free_port,
     gateway_process,
     loadavg,
+    logical_server,
     percentile,
     prepare_table,
     proc_cpu_seconds,
@@ -49,10 +56,12 @@ DDL = "CREATE TABLE {t} (id bigserial PRIMARY KEY, kind text, ts float8)"
 INSERT = f"INSERT INTO {TABLE} (kind, ts) VALUES ('bench', $1) RETURNING id"
 
 
-async def one_run(args: argparse.Namespace, target: str) -> dict[str, object]:
+async def one_run(
+    args: argparse.Namespace, admin_dsn: str, target: str, capture: str
+) -> dict[str, object]:
     total = int(args.rate * args.seconds)
-    async with scratch_database(args.dsn) as dsn:
-        await prepare_table(dsn, TABLE, DDL, target)
+    async with scratch_database(admin_dsn) as dsn:
+        await prepare_table(dsn, TABLE, DDL, target, capture)
         port = free_port()
         with gateway_process(target, dsn, port, env=LOAD_ENV) as gateway:
             clients = ClientProcess(
@@ -104,6 +113,7 @@ async def one_run(args: argparse.Namespace, target: str) -> dict[str, object]:
     elapsed = float(written["elapsed"])  # type: ignore[arg-type]
     return {
         "target": target,
+        "capture": capture if target == "pgcast" else None,
         "p50_ms": round(percentile(from_commit, 0.50), 3),
         "p99_ms": round(percentile(from_commit, 0.99), 3),
         "max_ms": round(max(from_commit), 3),
@@ -141,19 +151,30 @@ async def main() -> None:
         "on a disk whose fsync takes milliseconds",
     )
     parser.add_argument("--target", choices=["pgcast", "baseline", "both"], default="pgcast")
+    parser.add_argument(
+        "--capture",
+        choices=["trigger", "wal", "both"],
+        default="trigger",
+        help="pgcast's capture mode(s); wal runs every target on a wal_level = logical server",
+    )
+    parser.add_argument("--wal-dsn", default=os.environ.get("PGCAST_WAL_DSN"))
     args = parser.parse_args()
     targets = ["pgcast", "baseline"] if args.target == "both" else [args.target]
-    runs_by: dict[str, list[dict[str, object]]] = {t: [] for t in targets}
-    for _ in range(args.runs):
-        for target in targets:  # alternate, so drift of the machine hits both alike
-            run = await one_run(args, target)
-            print(orjson.dumps(run).decode(), flush=True)
-            runs_by[target].append(run)
-    for target in targets:
-        runs = runs_by[target]
+    captures = ["trigger", "wal"] if args.capture == "both" else [args.capture]
+    kinds = [(t, c) for t in targets for c in (captures if t == "pgcast" else ["trigger"])]
+    server = logical_server(args.wal_dsn) if "wal" in captures else nullcontext(args.dsn)
+    runs_by: dict[tuple[str, str], list[dict[str, object]]] = {k: [] for k in kinds}
+    with server as admin_dsn:
+        for _ in range(args.runs):
+            for target, capture in kinds:  # alternate: drift of the machine hits all alike
+                run = await one_run(args, admin_dsn, target, capture)
+                print(orjson.dumps(run).decode(), flush=True)
+                runs_by[(target, capture)].append(run)
+    for (target, capture), runs in runs_by.items():
         result = {
             "benchmark": "latency",
             "target": target,
+            "capture": capture if target == "pgcast" else None,
             "subscribers": args.subscribers,
             "rate": args.rate,
             "seconds": args.seconds,

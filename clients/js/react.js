@@ -13,6 +13,61 @@
 import { useCallback, useEffect, useMemo, useRef, useState, useSyncExternalStore } from 'react';
 import { getClient } from './pgcast.js';
 
+/** @typedef {import('./pgcast.js').Row} Row */
+/** @typedef {import('./pgcast.js').Status} Status */
+/** @typedef {import('./pgcast.js').PgcastError} PgcastError */
+/**
+ * @template {Row} [R=Row]
+ * @typedef {import('./pgcast.js').ChangeFrame<R>} ChangeFrame
+ */
+
+/**
+ * @typedef {object} ConnectionOptions
+ * @property {string} [url] Gateway URL; omitted in a browser: the page's origin. One shared client per URL.
+ * @property {string} [token]
+ * @property {import('./pgcast.js').ClientOptions['getToken']} [getToken]
+ * @property {Omit<import('./pgcast.js').ClientOptions, 'url' | 'token' | 'getToken'>} [clientOptions] Other client options; they apply only when the URL's client is first created.
+ */
+
+/**
+ * @typedef {object} StreamOptions
+ * @property {string} [filter]
+ * @property {string} [schema]
+ * @property {string[]} [columns]
+ * @property {import('./pgcast.js').Operation[]} [events]
+ */
+
+/**
+ * @template {Row} [R=Row]
+ * @typedef {ConnectionOptions & StreamOptions & {key?: import('./pgcast.js').KeyOption<R>}} UseTableOptions
+ * `key`: the primary key column (default "id") or a function returning the key.
+ */
+
+/**
+ * @template {Row} [R=Row]
+ * @typedef {object} UseTableResult
+ * @property {R[]} rows
+ * @property {Status} status
+ * @property {PgcastError | null} error
+ * @property {boolean} ready True once the first snapshot is complete.
+ */
+
+/**
+ * @template {Row} [R=Row]
+ * @typedef {object} ChangeCallbacks
+ * @property {(record: R, change: ChangeFrame<R>) => void} [onInsert]
+ * @property {(record: R, oldRecord: R | null, change: ChangeFrame<R>) => void} [onUpdate]
+ * @property {(oldRecord: R, change: ChangeFrame<R>) => void} [onDelete]
+ * @property {(change: ChangeFrame<R>) => void} [onTruncate]
+ * @property {(change: ChangeFrame<R>) => void} [onChange]
+ * @property {(frame: import('./pgcast.js').ResyncFrame) => void} [onResync]
+ */
+
+/**
+ * @template {Row} [R=Row]
+ * @typedef {ConnectionOptions & StreamOptions & ChangeCallbacks<R>} UseChangesOptions
+ */
+
 function clientOptions(options) {
   const { token, getToken, clientOptions: extra } = options;
   const out = { ...(extra || {}) };
@@ -21,7 +76,11 @@ function clientOptions(options) {
   return out;
 }
 
-/** The shared client for `options.url` (options apply when it is first created). */
+/**
+ * The shared client for `options.url` (options apply when it is first created).
+ * @param {ConnectionOptions} [options]
+ * @returns {import('./pgcast.js').Client}
+ */
 export function useClient(options = {}) {
   const { url } = options;
   const optionsRef = useRef(options);
@@ -29,24 +88,37 @@ export function useClient(options = {}) {
   return useMemo(() => getClient(url, clientOptions(optionsRef.current)), [url]);
 }
 
+/**
+ * @param {import('./pgcast.js').Client} client
+ * @returns {Status}
+ */
 function useStatus(client) {
   const subscribe = useCallback((onChange) => client.on('status', onChange), [client]);
   const read = useCallback(() => client.status, [client]);
   return useSyncExternalStore(subscribe, read, read);
 }
 
-/** The gateway connection status: 'connecting' | 'live' | 'offline' | 'closed'. */
+/**
+ * The gateway connection status: 'connecting' | 'live' | 'offline' | 'closed'.
+ * @param {ConnectionOptions} [options]
+ * @returns {Status}
+ */
 export function useGatewayStatus(options = {}) {
   return useStatus(useClient(options));
 }
 
-const EMPTY = Object.freeze([]);
+// One frozen empty list: a render with no rows yet keeps the same array.
+const EMPTY = /** @type {any[]} */ (/** @type {unknown} */ (Object.freeze([])));
 
 /**
  * A live mirror of `table`: `{rows, status, error, ready}`. The rows are the
  * snapshot, then every change applied by primary key (`key`: column name, default
  * "id", or a function row -> key). An UPDATE whose new record leaves the filter
  * removes the row; TRUNCATE clears; a `resync` re-snapshots.
+ * @template {Row} [R=Row]
+ * @param {string} table
+ * @param {UseTableOptions<R>} [options]
+ * @returns {UseTableResult<R>}
  */
 export function useTable(table, options = {}) {
   const { filter, schema, columns, events, key = 'id' } = options;
@@ -61,6 +133,7 @@ export function useTable(table, options = {}) {
 
   useEffect(() => {
     let active = true;
+    /** @type {import('./pgcast.js').TableWatch<any> | null} */
     let watch = null;
     try {
       watch = client.watchTable(
@@ -97,6 +170,10 @@ export function useTable(table, options = {}) {
  * `onUpdate(record, oldRecord, change)`, `onDelete(oldRecord, change)`,
  * `onTruncate(change)`, `onChange(change)` (every change), `onResync(frame)`.
  * Returns `{status, error}`.
+ * @template {Row} [R=Row]
+ * @param {string} table
+ * @param {UseChangesOptions<R>} [options]
+ * @returns {{status: Status, error: PgcastError | null}}
  */
 export function useChanges(table, options = {}) {
   const { filter, schema, columns, events } = options;
@@ -148,6 +225,10 @@ export function useChanges(table, options = {}) {
  * A raw NOTIFY channel: `onMessage(payload, frame)` for each message (`payload` is
  * the NOTIFY payload string, exactly as sent; pass null to only publish).
  * Returns `{publish, status, error}`; `publish(payload)` is stable across renders.
+ * @param {string} name
+ * @param {((payload: string, frame: import('./pgcast.js').MessageFrame) => void) | null | undefined} onMessage
+ * @param {ConnectionOptions} [options]
+ * @returns {{publish: (payload: unknown) => string | null, status: Status, error: PgcastError | null}}
  */
 export function useChannel(name, onMessage, options = {}) {
   const client = useClient(options);

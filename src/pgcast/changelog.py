@@ -38,6 +38,7 @@ import asyncpg
 
 from .events import ChangeEvent, Horizon
 from .identifiers import quote_ident
+from .wakeup import ARM_AND_CHECK
 
 PAGE_SIZE = 5000
 PAGE_BYTES = 1 << 20  # row-image bytes a replay page aims at (see _PageReader)
@@ -99,8 +100,13 @@ _SNAPSHOT_COLUMNS = """
        ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot())::text::bigint) AS pending,
        pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax"""
 
+# The head is at least the prune position: a log pruned empty still ends there, and a
+# cursor starting below it would report the pruned ids as a gap it never had.
 _HEAD = f"""
-SELECT coalesce((SELECT max(id) FROM pgcast.changes), 0) AS head,{_SNAPSHOT_COLUMNS}
+SELECT greatest(
+           (SELECT max(id) FROM pgcast.changes),
+           (SELECT value::bigint FROM pgcast.state WHERE key = 'pruned_through'),
+           0) AS head,{_SNAPSHOT_COLUMNS}
 """
 
 _XIP = f"SELECT {_SNAPSHOT_COLUMNS}"
@@ -110,18 +116,20 @@ _OPEN_THEN = "(txid = ANY($1::text[]::xid8[]) OR txid >= $2::text::xid8)"
 
 # One statement, hence one snapshot, and one round trip: the rows of transactions
 # that were in progress at the previous read (at or below last_id), the next page
-# above last_id, and this snapshot's in-progress transactions. The outer join yields
-# one row even when there are no changes, to carry the snapshot columns.
+# above last_id, this snapshot's in-progress transactions and, when $5, the arming
+# of the wake-up (wakeup.py). The outer joins yield one row even when there are no
+# changes, to carry the snapshot columns.
 _READ = f"""
 WITH snap AS MATERIALIZED (
     SELECT {_SNAPSHOT_COLUMNS},
            (SELECT value::bigint FROM pgcast.state WHERE key = 'pruned_through') AS pruned
-), found AS (
+), wake AS MATERIALIZED ({ARM_AND_CHECK}), found AS (
     ({_SELECT} WHERE {_OPEN_THEN} AND id <= $3)
     UNION ALL
     ({_SELECT} WHERE id > $3 ORDER BY id LIMIT $4)
 )
-SELECT snap.pending, snap.xmax, snap.pruned, found.* FROM snap LEFT JOIN found ON true
+SELECT snap.pending, snap.xmax, snap.pruned, wake.armed, wake.writers, found.*
+FROM snap LEFT JOIN wake ON true LEFT JOIN found ON true
 ORDER BY found.id
 """
 
@@ -151,20 +159,32 @@ class LogRead:
     ``gap_through`` is set when the log was pruned past rows this reader had not
     read yet (it was away longer than the retention): those changes are lost to
     live subscribers, who must be told (``resync``).
+
+    ``armed`` and ``writers`` answer an arming read (see wakeup.py): whether the
+    wake-up is armed (None: unavailable) and whether another session had a log
+    write open after the arming.
     """
 
     changes: list[ChangeEvent]
     more: bool = False
     gap_through: int | None = None
+    armed: bool | None = None
+    writers: bool | None = None
 
 
 async def read_new(
-    conn: Connection, cursor: LogCursor, *, timeout: float | None, page_size: int = PAGE_SIZE
+    conn: Connection,
+    cursor: LogCursor,
+    *,
+    timeout: float | None,
+    page_size: int = PAGE_SIZE,
+    arm: bool = False,
 ) -> LogRead:
     """Read changes committed since the cursor's last read and advance the cursor.
 
     Rows at or below the new ``last_id`` that are not visible yet belong to
     transactions in progress in this read's snapshot, which become ``pending``.
+    With ``arm``, also arm the wake-up and report open log writers (wakeup.py).
     """
     try:
         rows = await conn.fetch(
@@ -173,6 +193,7 @@ async def read_new(
             str(cursor.xmax),
             cursor.last_id,
             page_size,
+            arm,
             timeout=timeout,
         )
     except asyncpg.UndefinedTableError:
@@ -189,7 +210,7 @@ async def read_new(
         cursor.last_id = max(cursor.last_id, gap)
     cursor.pending = list(rows[0]["pending"])
     cursor.xmax = rows[0]["xmax"]
-    return LogRead(changes, tail >= page_size, gap)
+    return LogRead(changes, tail >= page_size, gap, rows[0]["armed"], rows[0]["writers"])
 
 
 @dataclass

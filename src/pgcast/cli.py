@@ -1,4 +1,4 @@
-"""The ``pgcast`` command line: serve, track, untrack, status, listen, prune.
+"""The ``pgcast`` command line: serve, track, untrack, status, listen, prune, uninstall.
 
 Database settings come from ``--database-url``, ``PGCAST_DATABASE_URL``,
 ``DATABASE_URL``, then ``pgcast.toml``; with none, an embedded PostgreSQL in a
@@ -22,10 +22,10 @@ from typing import Any
 import asyncpg
 import orjson
 
-from . import __version__, event_loop
+from . import __version__, cli_embedded, cli_uninstall, event_loop
 from .capture import installer
 from .capture.wal_status import explain_wal, wal_report
-from .config import Settings, load_settings
+from .config import Settings, load_settings, parse_setting
 from .embedded import resolve_database_url
 from .exceptions import ConfigError, PgcastError
 from .identifiers import TableName, parse_table_name, validate_column_name
@@ -66,20 +66,59 @@ def _add_database_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="path of a pgcast.toml file")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pgcast", description="Stream PostgreSQL row changes to browsers and services."
+TABLE_HELP = (
+    "a table name: orders, a schema-qualified audit.events, or '\"Booking\"' "
+    "(double quotes keep upper case)"
+)
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def _add_logging_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    # On the top-level parser and on every subcommand (`pgcast serve --log-level debug`);
+    # SUPPRESS on the subcommands keeps a value given before the subcommand.
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=default,
+        help="debug also prints tracebacks (default: info)",
     )
-    parser.add_argument("--version", action="version", version=f"pgcast {__version__}")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
-        help="text (default) or json: one JSON object per line (or PGCAST_LOG_FORMAT)",
+        default=default,
+        help="text (default) or json: one JSON object per log line (or PGCAST_LOG_FORMAT)",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the gateway (WebSocket /ws, /health)")
+
+class _Commands:
+    """add_parser with a description (the help line) and the logging options."""
+
+    def __init__(self, commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        self.commands = commands
+
+    def add(self, name: str, help: str, details: str = "") -> argparse.ArgumentParser:
+        description = help[0].upper() + help[1:] + "." + (f" {details}" if details else "")
+        parser = self.commands.add_parser(name, help=help, description=description)
+        _add_logging_options(parser, argparse.SUPPRESS)
+        return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgcast",
+        description="Stream PostgreSQL row changes to browsers and services.",
+        epilog="Start with `pgcast demo`; `pgcast COMMAND --help` describes a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"pgcast {__version__}")
+    _add_logging_options(parser, None)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = _Commands(subparsers)
+
+    serve = commands.add(
+        "serve",
+        "run the gateway (WebSocket /ws, SSE /sse, /health, the JS client at /js/)",
+        "Waits for the database if it is not reachable yet; Ctrl-C stops it.",
+    )
     _add_database_options(serve)
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8000)")
@@ -97,16 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let clients without a token in (their reads still follow the [rules])",
     )
-    serve.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        default=argparse.SUPPRESS,
-        help="text (default) or json: one JSON object per log line (or PGCAST_LOG_FORMAT)",
-    )
 
-    track = commands.add_parser("track", help="capture changes of tables")
+    track = commands.add(
+        "track",
+        "capture changes of tables",
+        "Installs pgcast's schema if needed and a capture trigger on each TABLE "
+        "(idempotent: run it again to change the options).",
+    )
     _add_database_options(track)
-    track.add_argument("tables", nargs="+", type=_table, metavar="TABLE")
+    track.add_argument("tables", nargs="+", type=_table, metavar="TABLE", help=TABLE_HELP)
     track.add_argument("--columns", type=_columns, help="log only these columns (plus the key)")
     track.add_argument(
         "--when-changed",
@@ -127,31 +165,58 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop UPDATEs that change nothing (default: on)",
     )
 
-    untrack = commands.add_parser("untrack", help="stop capturing changes of tables")
+    untrack = commands.add(
+        "untrack", "stop capturing changes of tables", "Removes the capture trigger of each TABLE."
+    )
     _add_database_options(untrack)
-    untrack.add_argument("tables", nargs="+", type=_table, metavar="TABLE")
+    untrack.add_argument("tables", nargs="+", type=_table, metavar="TABLE", help=TABLE_HELP)
 
-    status = commands.add_parser("status", help="tracked tables, log size, listener health")
+    status = commands.add("status", "show tracked tables, log size, listener health")
     _add_database_options(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument("--url", help="also ask a running gateway for /health (http://host:port)")
 
-    prune = commands.add_parser("prune", help="delete old change log rows")
+    prune = commands.add(
+        "prune",
+        "delete old change log rows",
+        "Clients that resume from a pruned position are told to refetch (resync).",
+    )
     _add_database_options(prune)
-    prune.add_argument("--older-than", help="age such as 7d, 12h (default: the retention setting)")
+    prune.add_argument(
+        "--older-than",
+        help="age such as 7d, 12h, 30m or 1d12h (default: the retention setting, 7d)",
+    )
     prune.add_argument("--keep-last", type=int, help="keep only the newest N rows")
 
-    demo = commands.add_parser(
-        "demo", help="a live orders app on an embedded PostgreSQL, in one command"
+    uninstall = commands.add(
+        "uninstall", "drop everything pgcast installed in the database", cli_uninstall.DETAILS
+    )
+    _add_database_options(uninstall)
+    cli_uninstall.add_arguments(uninstall)
+
+    demo = commands.add(
+        "demo",
+        "run a live orders app on an embedded PostgreSQL, in one command",
+        "Ctrl-C stops it, and the embedded PostgreSQL too if the demo started it.",
     )
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     demo.add_argument("--open", action="store_true", help="open the page in a browser")
     demo.add_argument("--database-url", help="use this database instead of the embedded PostgreSQL")
 
-    listen = commands.add_parser("listen", help="print changes of a table (or a raw channel)")
-    listen.add_argument("target", metavar="TABLE|CHANNEL")
-    listen.add_argument("--url", default="ws://127.0.0.1:8000", help="gateway URL")
+    listen = commands.add(
+        "listen",
+        "print changes of a table (or a raw channel) from a running gateway",
+        "Needs `pgcast serve` running at --url; reconnects and resumes by itself.",
+    )
+    listen.add_argument(
+        "target", metavar="TABLE|CHANNEL", help=TABLE_HELP + "; with --channel a NOTIFY channel"
+    )
+    listen.add_argument(
+        "--url",
+        default=os.environ.get("PGCAST_URL") or "ws://127.0.0.1:8000",
+        help="gateway URL (default: PGCAST_URL, else ws://127.0.0.1:8000)",
+    )
     listen.add_argument("--filter", help="e.g. 'status=eq.pending&amount=gt.100'")
     listen.add_argument("--since", type=_since, help="resume after this change id")
     listen.add_argument(
@@ -163,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--json", action="store_true", help="one JSON object per line")
     listen.add_argument("--token", help="access token")
     listen.add_argument("--max-events", type=int, help="exit after this many events")
+
+    cli_embedded.add_parser(subparsers)
     return parser
 
 
@@ -274,15 +341,14 @@ async def cmd_status(args: argparse.Namespace) -> int:
         return code
     print(f"tracked tables: {len(tables)}")
     for t in report["tables"]:
-        mode = "  capture: wal" if t["capture"] == "wal" else ""
-        print(f"  {TableName(t['schema'], t['table'])}  changes in log: {t['changes']}{mode}")
+        print(
+            f"  {TableName(t['schema'], t['table'])}  changes in log: {t['changes']}{_options(t)}"
+        )
     print(explain_wal(wal))
     log = report["log"]
-    print(
-        f"change log: {log['rows']} rows, {log['bytes']} bytes, "
-        f"ids {log['first_id']}..{log['last_id']}"
-        f" (pruned through {log['pruned_through']})"
-    )
+    ids = "empty" if log["first_id"] is None else f"ids {log['first_id']}..{log['last_id']}"
+    pruned = f", pruned through id {log['pruned_through']}" if log["pruned_through"] else ""
+    print(f"change log: {log['rows']} rows, {log['bytes']} bytes, {ids}{pruned}")
     print(
         f"gateway LISTEN connections: {len(listeners)}"
         + "".join(
@@ -294,6 +360,20 @@ async def cmd_status(args: argparse.Namespace) -> int:
     if "gateway" in report:
         print(f"gateway health: {orjson.dumps(report['gateway']).decode()}")
     return code
+
+
+def _options(table: dict[str, Any]) -> str:
+    """The non-default `pgcast track` options of a table, as status shows them."""
+    shown = []
+    if table["capture"] == "wal":
+        shown.append("capture: wal")
+    if table["columns"]:
+        shown.append(f"columns: {','.join(table['columns'])}")
+    if table["when_changed"]:
+        shown.append(f"when changed: {','.join(table['when_changed'])}")
+    if not table["skip_unchanged"]:
+        shown.append("unchanged UPDATEs kept")
+    return "".join(f"  {item}" for item in shown)
 
 
 def _fetch_health(url: str) -> Any:
@@ -312,15 +392,16 @@ def _fetch_health(url: str) -> Any:
 
 
 async def cmd_prune(args: argparse.Namespace) -> int:
-    flags: dict[str, Any] = {}
+    settings = _settings(args)
     if args.older_than is not None:
-        flags["retention"] = args.older_than
-    settings = _settings(args, **flags)
+        older_than = parse_setting("retention", args.older_than, "--older-than")
     if args.keep_last is not None and args.keep_last < 0:
         raise PgcastError("--keep-last must not be negative")
     conn = await _connect(settings)
     try:
-        older = settings.retention if args.keep_last is None or args.older_than else None
+        older = settings.retention if args.keep_last is None else None
+        if args.older_than is not None:
+            older = older_than
         removed = await installer.prune(conn, older_than=older, keep_last=args.keep_last)
     finally:
         await conn.close()
@@ -375,23 +456,31 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 async def cmd_demo(args: argparse.Namespace) -> int:
     from .demo.server import run_demo
-    from .embedded import ensure_embedded, psql_path
+    from .embedded import psql_path, start_embedded, stop_embedded
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a valid port (0-65535)")
-    # The demo never touches a configured database unless asked to explicitly.
-    dsn = args.database_url or await asyncio.to_thread(ensure_embedded)
-    psql = None if args.database_url else str(psql_path())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # The demo never touches a configured database unless asked to explicitly.
+    started = False
+    if args.database_url:
+        dsn = args.database_url
+    else:
+        dsn, started = await asyncio.to_thread(start_embedded)
+    psql = None if args.database_url else str(psql_path())
     try:
         await run_demo(
             dsn, host=args.host, port=args.port, open_browser=args.open, psql=psql, stop=stop
         )
     except OSError as exc:
         raise PgcastError(f"cannot start the demo: {exc}", hint="try --port 8001") from None
+    finally:
+        if started:  # the demo leaves no PostgreSQL behind that it started itself
+            await asyncio.to_thread(stop_embedded)
+            print("pgcast demo: stopped the embedded PostgreSQL", file=sys.stderr, flush=True)
     return EXIT_OK
 
 
@@ -419,6 +508,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "prune": cmd_prune,
     "listen": cmd_listen,
     "demo": cmd_demo,
+    "embedded": cli_embedded.cmd_embedded,
+    "uninstall": cli_uninstall.cmd_uninstall,
 }
 
 
@@ -430,9 +521,14 @@ def _log_format(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # bare `pgcast`: the commands, not just a usage line
+        parser.print_help(sys.stderr)
+        print("pgcast: error: a command is required (see the list above)", file=sys.stderr)
+        return EXIT_USAGE
     log_format = _log_format(args)
     if log_format not in LOG_FORMATS:
         parser.error(f"PGCAST_LOG_FORMAT={log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+    debug = args.log_level == "debug"
     configure_logging(args.log_level or "info", log_format)
     try:
         return event_loop.run(COMMANDS[args.command](args), serving=args.command == "serve")
@@ -443,6 +539,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `pgcast status --json | head`: the reader left; what was left to print can go.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:
+        if debug:
+            raise
+        print(
+            f"pgcast: error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "
+            "(rerun with --log-level debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

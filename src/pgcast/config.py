@@ -310,6 +310,7 @@ _PARSERS: dict[str, _Parser] = {
     "head_timeout": _parse_seconds,
     "body_timeout": _parse_seconds,
     "max_pending_per_ip": _parse_max_pending_per_ip,
+    "fast_poll_interval": _parse_seconds,
     "log_level": _parse_log_level,
     "trusted_proxies": _parse_trusted_proxies,
     "capture": _parse_capture,
@@ -340,6 +341,9 @@ class Settings:
     head_timeout: float = 10.0
     body_timeout: float = 30.0
     max_pending_per_ip: int = 1000
+    # Re-read delay while changes flow (the trigger does not notify per commit; see
+    # wakeup.py): commit-to-read latency is about half of it plus one read.
+    fast_poll_interval: float = 0.001
     log_level: str = "info"
     # Peers whose X-Forwarded-For / Forwarded name the client (see pgcast.client_address).
     trusted_proxies: tuple[Network, ...] = ()
@@ -379,6 +383,12 @@ class Settings:
 
 
 _FIELDS = tuple(_PARSERS)
+
+
+def parse_setting(name: str, value: object, label: str) -> Any:
+    """Validate one setting given under another name (a command's own flag): errors
+    name ``label``, e.g. ``--older-than``, not the setting."""
+    return _PARSERS[name](value, label)
 
 
 def _unknown_key(key: str, where: str) -> ConfigError:

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import fcntl
 import importlib.util
+import logging
 import os
 import shutil
 import socket
@@ -37,12 +38,17 @@ from pgcast.exceptions import DatabaseUnavailable
 
 __all__ = [
     "EMBEDDED_DATABASE",
+    "EmbeddedStatus",
     "default_data_dir",
     "embedded_dsn",
+    "embedded_status",
     "ensure_embedded",
     "resolve_database_url",
+    "start_embedded",
     "stop_embedded",
 ]
+
+logger = logging.getLogger("pgcast.embedded")
 
 EMBEDDED_DATABASE = "pgcast"
 SUPERUSER = "postgres"
@@ -76,7 +82,16 @@ def resolve_database_url(settings: Settings) -> str:
     """``settings.database_url`` if set, else the DSN of the (started if needed) embedded server."""
     if settings.database_url is not None:
         return settings.database_url
-    return ensure_embedded()
+    dsn, started = start_embedded()
+    if started:
+        # It outlives this command (the next ones reuse it): say where it is and how to stop it.
+        logger.info(
+            "started the embedded PostgreSQL (%s, data in %s); it keeps running for the "
+            "next commands: `pgcast embedded stop` stops it",
+            dsn,
+            default_data_dir(),
+        )
+    return dsn
 
 
 def ensure_embedded(data_dir: Path | None = None, *, timeout: float = START_TIMEOUT) -> str:
@@ -86,6 +101,14 @@ def ensure_embedded(data_dir: Path | None = None, *, timeout: float = START_TIME
     starts the server when it is not running, and waits until it accepts connections.
     Raises ``DatabaseUnavailable`` (with the server log tail) when that fails.
     """
+    return start_embedded(data_dir, timeout=timeout)[0]
+
+
+def start_embedded(
+    data_dir: Path | None = None, *, timeout: float = START_TIMEOUT
+) -> tuple[str, bool]:
+    """``ensure_embedded``, also telling whether this call started the server (so that a
+    command that started it can stop it when it ends)."""
     data_dir = _normalise(data_dir)
     deadline = time.monotonic() + timeout
     owner = _server_owner()
@@ -93,11 +116,37 @@ def ensure_embedded(data_dir: Path | None = None, *, timeout: float = START_TIME
         if not (data_dir / "PG_VERSION").is_file():
             _initdb(data_dir, owner)
         port = _running_port(data_dir, owner)
+        started = port is None
         if port is None:
             port = _start(data_dir, owner, deadline)
         _wait_until_ready(data_dir, port, deadline)
         _ensure_database(port)
-    return embedded_dsn(port)
+    return embedded_dsn(port), started
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedStatus:
+    """What ``pgcast embedded status`` shows."""
+
+    data_dir: Path
+    initialised: bool
+    port: int | None  # None: not running
+
+    @property
+    def running(self) -> bool:
+        return self.port is not None
+
+    @property
+    def dsn(self) -> str | None:
+        return None if self.port is None else embedded_dsn(self.port)
+
+
+def embedded_status(data_dir: Path | None = None) -> EmbeddedStatus:
+    """Whether the embedded server of ``data_dir`` runs, and on which port."""
+    data_dir = _normalise(data_dir)
+    if not (data_dir / "PG_VERSION").is_file():
+        return EmbeddedStatus(data_dir, False, None)
+    return EmbeddedStatus(data_dir, True, _running_port(data_dir, _server_owner()))
 
 
 def stop_embedded(data_dir: Path | None = None, *, timeout: float = START_TIMEOUT) -> bool:

@@ -34,6 +34,11 @@ MAX_IN_VALUES = 1000
 _COLUMN = re.compile(r"[^\x00-\x1f=&\"]{1,63}")
 
 IndexKey = tuple[str, Any]
+# "pending,customer_name=eq.ann": a value that goes on with another column=op. term was
+# meant as two conditions (joined with ','), and as one it would match nothing.
+_JOINED_BY_COMMA = re.compile(
+    r",\s*[^\x00-\x1f=&\",]{1,63}=(?:not\.)?(?:" + "|".join(OPERATORS) + r")\."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,11 @@ def _parse_term(term: str) -> Condition:
     if op == "is" and value not in _IS_VALUES:
         raise FilterError(
             f"bad value in filter term {term!r}", hint="is. takes null, not_null, true or false"
+        )
+    if _JOINED_BY_COMMA.search(value):
+        raise FilterError(
+            f"filter term {term!r} holds a second condition after a comma",
+            hint="join conditions with '&', e.g. status=eq.pending&customer_name=eq.ann",
         )
     return Condition(column, op, (value,), negate)
 

@@ -1,10 +1,19 @@
-"""The LISTEN connection: wake on NOTIFY, read the change log, survive anything.
+"""The log reader's connection: read the change log when it may hold news, survive anything.
 
 One dedicated asyncpg connection (never from a pool: a pooled connection is reset
 and loses its LISTENs). A single worker task owns it and does everything on it in
-turn: LISTEN/UNLISTEN of raw channels, reads of the log, liveness. A read runs on
-every ``pgcast`` notification and at least every ``poll_interval`` seconds; each
-read has a timeout, so a silently dead connection is noticed within
+turn: LISTEN/UNLISTEN of raw channels, reads of the log, liveness.
+
+When to read is decided by :class:`pgcast.wakeup.PollPolicy`: again a few
+milliseconds after a read that found changes (``fast_poll_interval``), backing off
+to ``poll_interval`` while nothing comes, and, once idle, sleeping until the one
+``pgcast`` notification that the armed wake-up lets a single capture send. The
+capture trigger does not notify per transaction: PostgreSQL serializes the commits
+of notifying transactions cluster-wide (wakeup.py explains, and why the idle sleep
+misses nothing). Counts: ``log_reads`` (every query on the log) and
+``notifications`` (wake-ups received), exported in /metrics.
+
+Each read has a timeout, so a silently dead connection is noticed within
 ``poll_interval + probe_timeout`` seconds. On any failure the worker reconnects
 with backoff and continues from its cursor, so nothing committed while it was away
 is skipped (see changelog.py for why the cursor is gap-free).
@@ -25,6 +34,7 @@ import asyncpg
 from .backoff import backoff
 from .changelog import DATABASE_ERRORS, PAGE_SIZE, LogCursor, read_new, start_cursor
 from .events import ChangeEvent
+from .wakeup import PollPolicy
 
 logger = logging.getLogger("pgcast.listener")
 
@@ -58,6 +68,7 @@ class Listener:
         on_message: Callable[[str, str], None],
         on_gap: Callable[[int], None] = lambda _: None,
         poll_interval: float = 1.0,
+        fast_poll_interval: float = 0.001,
         probe_timeout: float = 5.0,
         backoff_factory: Callable[[], Iterator[float]] = backoff,
     ) -> None:
@@ -66,6 +77,9 @@ class Listener:
         self._on_message = on_message
         self._on_gap = on_gap
         self.poll_interval = poll_interval
+        self.fast_poll_interval = fast_poll_interval
+        self.log_reads = 0
+        self.notifications = 0
         self.probe_timeout = probe_timeout
         self._backoff_factory = backoff_factory
         self.cursor = LogCursor()
@@ -82,6 +96,7 @@ class Listener:
         self._active_channels: set[str] = set()
         self._channel_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._ready = asyncio.Event()
+        self._policy: PollPolicy | None = None
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
 
@@ -138,6 +153,11 @@ class Listener:
         self._wake.set()
 
     @property
+    def idle(self) -> bool:
+        """True while the reader sleeps until the armed wake-up (or ``poll_interval``)."""
+        return self._policy is not None and self._policy.asleep
+
+    @property
     def lag_seconds(self) -> float | None:
         """Seconds since the last complete read of the log (None before the first)."""
         if self.last_read_at is None:
@@ -190,6 +210,8 @@ class Listener:
             "listening (backend pid %s) from change id %s", self.backend_pid, self.cursor.last_id
         )
         self._ready.set()
+        self._policy = policy = PollPolicy(fast=self.fast_poll_interval, idle=self.poll_interval)
+        arm = True
         while True:
             if lost.is_set():
                 raise ConnectionLost("connection terminated")
@@ -197,8 +219,21 @@ class Listener:
             more = True
             while more:
                 read = await read_new(
-                    conn, self.cursor, timeout=self.probe_timeout, page_size=self._page_size
+                    conn,
+                    self.cursor,
+                    timeout=self.probe_timeout,
+                    page_size=self._page_size,
+                    arm=arm,
                 )
+                self.log_reads += 1
+                step = policy.after_read(
+                    found=bool(read.changes) or read.gap_through is not None,
+                    more=read.more,
+                    armed_read=arm,
+                    armed=read.armed,
+                    writers=read.writers,
+                )
+                arm = step.arm
                 self._adapt_page_size(read.changes)
                 more = read.more
                 if read.gap_through is not None:
@@ -216,7 +251,7 @@ class Listener:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
             # cancellation that stop() sends, leaving the worker running forever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval):
+                async with asyncio.timeout(step.delay):
                     await self._wake.wait()
             self._wake.clear()
 
@@ -248,6 +283,7 @@ class Listener:
             self._active_channels.discard(channel)
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self.notifications += 1
         self._wake.set()
 
     def _on_channel(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:

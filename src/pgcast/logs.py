@@ -44,10 +44,36 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class OneLineErrors(logging.Filter):
+    """Folds a record's traceback into its message as one line: ``...: Type: text``.
+
+    Installed below the debug level, so that an operator reads one line per event
+    (asyncpg's pool alone logs a ~40-line traceback per failed reconnect while the
+    database is down); ``--log-level debug`` keeps the tracebacks.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            detail = " ".join(str(exc).split())
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}" + (
+                f": {detail}" if detail else ""
+            )
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        record.stack_info = None
+        return True
+
+
 def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
-    """Send every log record at ``level`` or above to ``stream`` (stderr) in ``fmt``."""
+    """Send every log record at ``level`` or above to ``stream`` (stderr) in ``fmt``.
+
+    Tracebacks are printed at the ``debug`` level only (see OneLineErrors)."""
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    if level.lower() != "debug":
+        handler.addFilter(OneLineErrors())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -34,7 +34,7 @@ from .client_address import is_trusted_proxy
 from .config import Settings
 from .connections import Client, Connections
 from .events import ChangeEvent, Horizon
-from .exceptions import DatabaseUnavailable, RowImageError
+from .exceptions import RowImageError
 from .filters import Filter
 from .hooks import ChangeHooks, HookFunction
 from .hub import Hub, Subscription
@@ -43,6 +43,7 @@ from .metrics import Histogram
 from .observability import build_metrics
 from .observability import health as node_health
 from .protocol import CloseCode
+from .startup import connect_with_retry
 from .transports import Connection, Refusal
 from .transports.pending import PendingRequests
 from .unreadable import UnreadableRows, describe
@@ -85,6 +86,7 @@ class Node:
             on_message=self.deliver_message,
             on_gap=self.resync_all,
             poll_interval=settings.poll_interval,
+            fast_poll_interval=settings.fast_poll_interval,
             probe_timeout=settings.probe_interval,
         )
         self.changes_in = 0
@@ -121,17 +123,18 @@ class Node:
 
     # lifecycle -------------------------------------------------------------------------
 
-    async def start(self, *, ready_timeout: float = 10.0) -> None:
-        """Connect to PostgreSQL, start the listener, the WAL consumer and housekeeping."""
-        try:
-            self._pool = await asyncpg.create_pool(
+    async def start(self, *, ready_timeout: float = 10.0, retry: bool = False) -> None:
+        """Connect to PostgreSQL, start the listener, the WAL consumer and housekeeping.
+
+        ``retry`` waits for an unreachable database (with backoff, logging each
+        attempt) instead of failing."""
+        self._pool = await connect_with_retry(
+            lambda: asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self.settings.pool_size, command_timeout=60
-            )
-        except DATABASE_ERRORS as exc:
-            raise DatabaseUnavailable(
-                f"cannot connect to PostgreSQL: {exc}",
-                hint="check --database-url / PGCAST_DATABASE_URL / DATABASE_URL",
-            ) from None
+            ),
+            self.dsn,
+            retry=retry,
+        )
         self._catalog = Catalog(self._pool)
         self.catch_ups.pool = self._pool
         self.hooks.start()  # before the listener: no change may pass unseen

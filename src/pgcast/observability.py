@@ -54,6 +54,16 @@ def build_metrics(self: Node) -> Registry:
         lambda: self.unreadable.count,
     )
     registry.counter(
+        "pgcast_log_reads_total",
+        "Queries the log reader sent to read the change log.",
+        lambda: self.listener.log_reads,
+    )
+    registry.counter(
+        "pgcast_listener_wakeups_total",
+        "Wake-up notifications received on the pgcast channel.",
+        lambda: self.listener.notifications,
+    )
+    registry.counter(
         "pgcast_listener_reconnects_total",
         "LISTEN connection reconnects.",
         lambda: self.listener.reconnects,

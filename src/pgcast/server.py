@@ -17,9 +17,11 @@ from websockets.http11 import Response
 
 from . import routes as route_table
 from .auth import AuthConfig
+from .browser_client import js_response
 from .config import Settings
 from .connections import AUTH_TIMEOUT, INBOX_BYTES, INBOX_LIMIT
 from .node import Node
+from .startup import wait_unless_stopped
 from .transports.http import HttpRequest
 from .transports.sse import HttpConnection
 from .transports.websocket import WebSocketConnection, http_response
@@ -48,12 +50,15 @@ class Gateway(Node):
         self.routes = routes
         self._server: asyncio.Server | None = None
 
-    async def start(self, *, ready_timeout: float = 10.0, serve_tcp: bool = True) -> None:
+    async def start(
+        self, *, ready_timeout: float = 10.0, serve_tcp: bool = True, retry: bool = False
+    ) -> None:
         """Connect to PostgreSQL, start the listener and bind the HTTP/WebSocket port.
 
         ``serve_tcp=False`` binds nothing: an embedding server (pgcast.asgi) carries the
-        connections and calls the transport callbacks itself."""
-        await super().start(ready_timeout=ready_timeout)
+        connections and calls the transport callbacks itself. ``retry`` waits for an
+        unreachable database (with backoff, logging each attempt) instead of failing."""
+        await super().start(ready_timeout=ready_timeout, retry=retry)
         if not serve_tcp:
             return
         loop = asyncio.get_running_loop()
@@ -100,6 +105,8 @@ class Gateway(Node):
             response = await self.routes(request)
             if response is not None:
                 return response
+        if found is None and (script := js_response(request)) is not None:
+            return script  # the browser client, at /js/
         if found is None:
             found = route_table.index("/") if request.path == "/" else route_table.not_found()
         return http_response(
@@ -122,7 +129,8 @@ async def serve(
     """Run a gateway until ``stop`` is set (or forever), then shut down cleanly."""
     gateway = Gateway(settings, dsn, auth=auth, routes=routes)
     try:
-        await gateway.start()
+        if not await wait_unless_stopped(gateway.start(retry=True), stop):
+            return  # stopped while waiting for the database
         if on_ready is not None:
             on_ready(gateway)
         await (stop.wait() if stop is not None else asyncio.Event().wait())

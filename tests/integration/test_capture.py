@@ -23,6 +23,7 @@ from pgcast.capture.installer import (
     untrack,
 )
 from pgcast.capture.sql import CHANNEL, SCHEMA_VERSION
+from pgcast.changelog import LogCursor, read_new
 from pgcast.exceptions import CaptureError, IdentifierError
 from pgcast.identifiers import TableName, parse_table_name, quote_ident
 
@@ -208,9 +209,25 @@ async def test_changed_columns_helper_agrees_with_the_trigger(
 # --- notifications ------------------------------------------------------------------
 
 
-async def test_one_notification_per_transaction_even_for_100k_rows(
+async def _arm(conn: asyncpg.Connection) -> None:
+    """Arm the wake-up as an idle gateway does (the arming read of the log)."""
+    read = await read_new(conn, LogCursor(initialized=True), timeout=WAIT, arm=True)
+    assert read.armed is True
+
+
+async def _sentinel(conn: asyncpg.Connection, listener: Notifications, payload: str) -> None:
+    """A marker in the channel: notifications arrive in commit order, so once it is
+    received, any notification an earlier transaction sent has been received too."""
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+    async with asyncio.timeout(WAIT):
+        while payload not in listener.received:
+            await listener.wait_for(len(listener.received) + 1)
+
+
+async def test_one_notification_per_arming_even_for_100k_rows(
     conn: asyncpg.Connection, orders: TableName, listener: Notifications
 ) -> None:
+    await _arm(conn)
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO orders SELECT g, 'c', 'pending', g FROM generate_series(1, 100000) g"
@@ -220,23 +237,30 @@ async def test_one_notification_per_transaction_even_for_100k_rows(
     await listener.wait_for(1)
     assert listener.received == [""]  # constant, empty payload
 
-    # A later transaction's notification arrives after any the first one sent.
+    # The arming is used up: later transactions commit without notifying...
+    for i in range(3):
+        await conn.execute("INSERT INTO orders VALUES ($1, 'later', 'x', 0)", -1 - i)
+    await _sentinel(conn, listener, "after-unarmed")
+    assert listener.received == ["", "after-unarmed"]
+    # ...until a reader arms it again.
+    await _arm(conn)
     await conn.execute("INSERT INTO orders VALUES (0, 'sentinel', 'x', 0)")
-    await listener.wait_for(2)
-    assert listener.received == ["", ""]
+    await listener.wait_for(3)
+    assert listener.received == ["", "after-unarmed", ""]
     counts = dict(await conn.fetch("SELECT op, count(*) FROM pgcast.changes GROUP BY op"))
-    assert counts == {"INSERT": 100001, "UPDATE": 100000, "DELETE": 10}
+    assert counts == {"INSERT": 100004, "UPDATE": 100000, "DELETE": 10}
 
 
-async def test_statement_logging_nothing_sends_no_notification(
+async def test_statement_logging_nothing_does_not_use_up_the_wake_up(
     conn: asyncpg.Connection, orders: TableName, listener: Notifications
 ) -> None:
+    await _arm(conn)
     await conn.execute("UPDATE orders SET status = 'x' WHERE false")
+    await _sentinel(conn, listener, "before-insert")
     await conn.execute("INSERT INTO orders VALUES (1, 'sentinel', 'x', 0)")
-    await listener.wait_for(1)
-    await conn.execute("INSERT INTO orders VALUES (2, 'sentinel', 'x', 0)")
     await listener.wait_for(2)
-    assert len(listener.received) == 2
+    await _sentinel(conn, listener, "after-insert")
+    assert listener.received == ["before-insert", "", "after-insert"]
 
 
 # --- table names --------------------------------------------------------------------
@@ -403,9 +427,11 @@ async def test_one_megabyte_value_is_logged_whole(
     conn: asyncpg.Connection, orders: TableName, listener: Notifications
 ) -> None:
     big = "x" * 1_000_000 + "é"
+    await _arm(conn)
     await conn.execute("INSERT INTO orders VALUES (1, $1, 'new', 1)", big)
     await conn.execute("UPDATE orders SET status = 'done'")
-    await listener.wait_for(2)
+    await listener.wait_for(1)
+    assert listener.received == [""]  # the row travels in the log, never in a notification
     rows = await log(conn)
     assert rows[0]["record"]["customer"] == big
     assert rows[1]["record"]["customer"] == big

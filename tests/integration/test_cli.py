@@ -494,7 +494,7 @@ async def test_listen_pretty_output_one_line_per_change(
         assert await listener.exit_code() == 0
     lines = listener.stdout.lines
     assert len(lines) == 2
-    assert re.fullmatch(r'INSERT audit\.events id=\d+ \{"kind":"a"\}', lines[0]), lines
+    assert re.fullmatch(r'INSERT audit\.events change=\d+ \{"kind":"a"\}', lines[0]), lines
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -661,7 +661,6 @@ async def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
         "status": ["status"],
         "status-json": ["status", "--json"],
         "prune": ["prune", "--keep-last", "1"],
-        "serve": ["serve", "--port", "0"],
     }
     cli = Cli(tmp_path, UNREACHABLE_URL)
     cases = {
@@ -671,6 +670,14 @@ async def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     }
     # without the flag, PGCAST_DATABASE_URL from the environment is used
     cases["env/refused"] = ["status"]
+    # serve waits for an unreachable server (test_messages.py), but not for a refusal
+    cases["serve/missing-database"] = [
+        "serve",
+        "--port",
+        "0",
+        "--database-url",
+        urls["missing-database"],
+    ]
     for name, result in (await run_cases(cli, cases)).items():
         assert_clean_error(name, result, 1, "pgcast: error:", "hint:")
         assert re.search(r"cannot (connect to PostgreSQL|start the gateway)", result.stderr), name

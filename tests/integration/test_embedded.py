@@ -112,15 +112,21 @@ def test_concurrent_callers_share_one_server(data_dir: Path) -> None:
 
 
 def test_port_in_use_is_replaced_by_a_free_one(data_dir: Path) -> None:
-    dsn = ensure_embedded(data_dir)
+    ensure_embedded(data_dir)
     assert stop_embedded(data_dir)
-    port = int((data_dir / PORT_FILE).read_text())
+    # The squatter takes a port of its own, which becomes the remembered one. Not the
+    # port the server just left: that one can stay unbindable without SO_REUSEADDR
+    # for a minute (TIME_WAIT of connections the server closed) or be taken by any
+    # other process as soon as it is free.
     with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", port))
+        squatter.bind(("127.0.0.1", 0))
         squatter.listen()
+        taken = squatter.getsockname()[1]
+        (data_dir / PORT_FILE).write_text(f"{taken}\n")
         new_dsn = ensure_embedded(data_dir)
-    assert new_dsn != dsn
-    assert new_dsn == embedded_dsn(int((data_dir / PORT_FILE).read_text()))
+    port = int((data_dir / PORT_FILE).read_text())
+    assert port != taken
+    assert new_dsn == embedded_dsn(port)
 
 
 def test_start_failure_reports_the_server_log(data_dir: Path) -> None:

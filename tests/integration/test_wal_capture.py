@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +18,7 @@ from pgcast.identifiers import parse_table_name
 from ..conftest import ADMIN_DSN
 from .gateway_helpers import TIMEOUT, running_gateway, ws_client
 from .test_cli import Cli, assert_no_traceback
-from .wal_cluster import WalCluster, fresh_database, wal_cluster
-
-
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[WalCluster]:
-    with wal_cluster() as c:
-        yield c
-
-
-@pytest.fixture
-async def wal_dsn(cluster: WalCluster) -> AsyncIterator[str]:
-    async with fresh_database(cluster) as dsn:
-        yield dsn
-
-
-@pytest.fixture
-async def wconn(wal_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(wal_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
+from .wal_cluster import WalCluster
 
 ORDERS = (
     "CREATE TABLE orders (id serial PRIMARY KEY, customer_name text, status text, "
@@ -431,3 +408,58 @@ async def test_a_role_without_replication_gets_a_clear_error(
         await app.close()
         await wconn.execute(f"DROP OWNED BY {role}")
         await wconn.execute(f"DROP ROLE {role}")
+
+
+async def test_an_idle_gateway_that_is_not_the_consumer_is_woken_by_its_appends(
+    wal_dsn: str, wconn: asyncpg.Connection
+) -> None:
+    """The consumer's log appends claim the armed wake-up like the trigger does, so a
+    node that is not the consumer (its reader asleep for up to poll_interval = 30 s)
+    delivers a WAL change within moments, not at its next poll."""
+    await wconn.execute(ORDERS)
+    await track(wconn, parse_table_name("orders"), capture="wal")
+    async with (
+        running_gateway(wal_dsn, poll_interval=30.0) as first,
+        running_gateway(wal_dsn, poll_interval=30.0) as second,
+    ):
+
+        async def one_leader() -> bool:
+            return first.wal.leader or second.wal.leader
+
+        await wait_for(one_leader)
+        other = second if first.wal.leader else first
+        async with ws_client(other) as client:
+            await client.subscribe("s", table="orders")
+
+            async def asleep() -> bool:
+                return other.listener.idle
+
+            await wait_for(asleep)
+            started = asyncio.get_running_loop().time()
+            await wconn.execute("INSERT INTO orders (amount) VALUES (7)")
+            (change,) = await client.changes(1, timeout=10)
+            took = asyncio.get_running_loop().time() - started
+    assert change["record"]["amount"] == 7
+    assert took < 5, f"the idle node saw the WAL change after {took:.1f}s"
+
+
+async def test_a_row_decoded_before_an_alter_keeps_its_own_columns(
+    wal_dsn: str, wconn: asyncpg.Connection
+) -> None:
+    """One transaction inserts, alters the table, inserts again: pgoutput sends the
+    second Relation while the first row still waits to be appended, and that row
+    must keep the columns it was written with (not be relabelled by the new ones)."""
+    await wconn.execute(ORDERS)
+    await track(wconn, parse_table_name("orders"), capture="wal")
+    async with running_gateway(wal_dsn):
+        async with wconn.transaction():
+            await wconn.execute("INSERT INTO orders (amount, note) VALUES (1, 'first')")
+            await wconn.execute("ALTER TABLE orders DROP COLUMN status")
+            await wconn.execute("ALTER TABLE orders ADD COLUMN extra text DEFAULT 'x'")
+            await wconn.execute("INSERT INTO orders (amount, note) VALUES (2, 'second')")
+        await wait_logged(wconn, 2)
+    rows = await log_rows(wconn)
+    assert [r["record"] for r in rows] == [
+        {"id": 1, "customer_name": None, "status": None, "amount": 1, "note": "first"},
+        {"id": 2, "customer_name": None, "amount": 2, "note": "second", "extra": "x"},
+    ]

@@ -66,7 +66,9 @@ class WalCluster:
 
 
 @contextlib.contextmanager
-def wal_cluster() -> Iterator[WalCluster]:
+def wal_cluster(settings: str = "") -> Iterator[WalCluster]:
+    """Start the cluster; ``settings`` (postgresql.conf lines) override the defaults
+    (the benchmarks turn ``fsync`` back on)."""
     bin_dir = _bin_dir()
     if bin_dir is None or not (bin_dir / "initdb").exists():
         pytest.skip("WAL-mode tests need PostgreSQL's initdb and pg_ctl (not found)")
@@ -102,7 +104,7 @@ def wal_cluster() -> Iterator[WalCluster]:
         conf.write(
             f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
             "wal_level = logical\nmax_replication_slots = 20\nmax_wal_senders = 20\n"
-            "fsync = off\nmax_connections = 100\nwal_sender_timeout = 10s\n"
+            "fsync = off\nmax_connections = 100\nwal_sender_timeout = 10s\n" + settings
         )
     cluster = WalCluster(port, data_dir, bin_dir, run_as)
     cluster.pg_ctl("start", "-w", "-l", str(data_dir / "log"))

@@ -258,6 +258,49 @@ async def test_resubscribe_before_any_change_resumes_from_first_welcome_position
         assert client.position == "1041"
 
 
+async def test_resumed_replay_drops_changes_the_starting_snapshot_holds(
+    gateway: FakeGateway,
+) -> None:
+    # Snapshot at head 100, xmax 50, transaction 45 open: 90 (txid 40) is in it.
+    async def snapshot_then_live(conn: FakeConnection, message: dict[str, Any]) -> None:
+        wire = message["id"]
+        if not message.get("snapshot"):
+            await accept(conn, message)
+            return
+        await conn.send(
+            {
+                "type": "snapshot",
+                "sub": wire,
+                "part": 0,
+                "done": True,
+                "rows": [],
+                "position": "100:50:45",
+            }
+        )
+        await conn.send({"type": "subscribed", "id": wire})
+        await conn.send(change(wire, "95", txid="45"))  # committed after the snapshot
+        await conn.send(change(wire, "101", txid="48"))
+
+    gateway.on_subscribe = snapshot_then_live
+    async with (
+        connect(gateway.url, **FAST) as client,
+        client.subscribe("orders", snapshot=True) as sub,
+    ):
+        assert (await next_frame(sub))["type"] == "snapshot"
+        assert [(await next_frame(sub))["id"] for _ in range(2)] == ["95", "101"]
+        conn = await gateway.next_connection()
+        conn.cut()
+        conn2 = await gateway.next_connection()
+        again = await conn2.expect("subscribe")
+        assert again["since"] == "101"
+        # The window before `since` reaches back before the snapshot (a long
+        # transaction held tx_xmin low): 90 is in the snapshot's rows, 95 delivered.
+        for change_id, txid in [("90", "40"), ("95", "45"), ("102", "52")]:
+            await conn2.send(change(again["id"], change_id, txid=txid))
+        assert (await next_frame(sub))["id"] == "102"
+        assert sub.duplicates == 2
+
+
 async def test_explicit_since_is_kept_until_a_change_is_delivered(
     gateway: FakeGateway,
 ) -> None:
@@ -687,14 +730,14 @@ async def test_listen_bad_target_exits_2_without_hanging(gateway: FakeGateway) -
 
 def test_format_frame_summaries() -> None:
     assert format_frame(change("s1", "1042")) == (
-        'INSERT public.orders id=1042 {"id":1042,"status":"pending"}'
+        'INSERT public.orders change=1042 {"id":1042,"status":"pending"}'
     )
     update = change("s1", "7", op="UPDATE", changed=["status"])
     assert format_frame(update).endswith(" changed=status")
     delete = change("s1", "8", op="DELETE", record=None, old_record={"id": 8})
-    assert format_frame(delete) == 'DELETE public.orders id=8 {"id":8}'
+    assert format_frame(delete) == 'DELETE public.orders change=8 {"id":8}'
     truncate = change("s1", "9", op="TRUNCATE", record=None)
-    assert format_frame(truncate) == "TRUNCATE public.orders id=9"
+    assert format_frame(truncate) == "TRUNCATE public.orders change=9"
     assert format_frame({"type": "resync", "sub": "s1", "reason": "pruned"}).startswith("RESYNC")
 
 

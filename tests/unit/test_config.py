@@ -95,6 +95,7 @@ def test_empty_environment_variable_counts_as_unset() -> None:
         ("PGCAST_HEAD_TIMEOUT", "2.5", "head_timeout", 2.5),
         ("PGCAST_BODY_TIMEOUT", "60", "body_timeout", 60.0),
         ("PGCAST_MAX_PENDING_PER_IP", "25", "max_pending_per_ip", 25),
+        ("PGCAST_FAST_POLL_INTERVAL", "0.005", "fast_poll_interval", 0.005),
         ("PGCAST_LOG_LEVEL", "WARNING", "log_level", "warning"),
     ],
 )

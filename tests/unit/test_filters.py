@@ -120,3 +120,20 @@ def test_eq_index_keys_cover_every_matching_value(value: object) -> None:
 def test_parse_filter_never_raises_anything_but_filter_error(text: str) -> None:
     with contextlib.suppress(FilterError):
         parse_filter(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["status=eq.pending,customer_name=eq.ann", "a=eq.1, b=not.in.(1,2)", "a=lt.5,b=is.null"],
+)
+def test_conditions_joined_by_a_comma_are_refused_with_the_fix(text: str) -> None:
+    """As one condition, 'pending,customer_name=eq.ann' would match nothing, silently."""
+    with pytest.raises(FilterError) as caught:
+        parse_filter(text)
+    assert "second condition after a comma" in str(caught.value)
+    assert "join conditions with '&'" in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["note=eq.a,b", "note=eq.x, y=z", "id=in.(1,2)"])
+def test_commas_in_values_and_lists_still_parse(text: str) -> None:
+    assert str(parse_filter(text)) == text

@@ -48,3 +48,28 @@ def test_unserialisable_values_do_not_break_logging() -> None:
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="log format"):
         configure_logging("info", "xml")
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_tracebacks_only_at_debug_level(fmt: str) -> None:
+    """Below debug, a record with a traceback (asyncpg's pool logs one per failed
+    reconnect) is one line: the message, the exception type and its text."""
+    stream = io.StringIO()
+    configure_logging("info", fmt, stream)
+    log = logging.getLogger("asyncpg.pool")
+    try:
+        raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 1)")
+    except OSError:
+        log.warning("Failed to restore the pool connection floor; retrying", exc_info=True)
+    text = stream.getvalue()
+    assert len(text.splitlines()) == 1, text
+    assert "Traceback" not in text
+    assert "retrying: ConnectionRefusedError: [Errno 111] Connect call failed" in text
+
+    stream = io.StringIO()
+    configure_logging("debug", fmt, stream)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.warning("failed", exc_info=True)
+    assert "Traceback" in stream.getvalue()

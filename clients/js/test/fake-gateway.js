@@ -4,7 +4,9 @@
 // position, replay from `since` with a duplicate window, resync past the pruned
 // mark, snapshot chunks with a position, filters, ping/pong, publish ->
 // not_supported) to prove the client's resume, dedupe and mirror logic, plus knobs
-// to misbehave (silence, close codes, refused handshakes).
+// to misbehave (silence, close codes, refused handshakes). Each change gets its own
+// txid; with `xidPositions` a snapshot's position is `head:xmax:` as the real
+// gateway's (every logged transaction committed), else the bare head id.
 
 import http from 'node:http';
 import { once, EventEmitter } from 'node:events';
@@ -152,6 +154,7 @@ export class FakeGateway extends EventEmitter {
     this.tables = new Map(); // name -> Map(id -> row)
     this.log = []; // {id, table, op, record, old_record}
     this.nextId = 1;
+    this.nextTxid = 100;
     this.prunedThrough = 0;
     this.silent = false; // do not answer pings
     this.sessions = [];
@@ -261,7 +264,7 @@ export class FakeGateway extends EventEmitter {
   }
 
   _append(table, op, record, old) {
-    const entry = { id: this.nextId++, table, op, record, old_record: old };
+    const entry = { id: this.nextId++, txid: this.nextTxid++, table, op, record, old_record: old };
     this.log.push(entry);
     if (!this._quiet) {
       for (const session of this.sessions) {
@@ -288,7 +291,7 @@ export class FakeGateway extends EventEmitter {
     session.send({
       type: 'change', sub: sub.id, id: String(entry.id), schema: 'public', table: entry.table, op: entry.op,
       record: project(entry.record, sub.columns), old_record: project(entry.old_record, sub.columns),
-      changed: null, txid: '1', committed_at: '2026-11-21T12:00:00.000000Z',
+      changed: null, txid: String(entry.txid), committed_at: '2026-11-21T12:00:00.000000Z',
     });
     return true;
   }
@@ -353,7 +356,7 @@ export class FakeGateway extends EventEmitter {
       session.send({ type: 'subscribed', id, schema: 'public', table: frame.table, ...extra });
     };
     if (frame.since != null) {
-      const since = Number(frame.since);
+      const since = Number(String(frame.since).split(':')[0]);
       if (since < this.prunedThrough) {
         session.send({ type: 'resync', sub: id, reason: `the change log was pruned through id ${this.prunedThrough}` });
         return done({ replayed: 0 });
@@ -367,7 +370,7 @@ export class FakeGateway extends EventEmitter {
     }
     if (frame.snapshot) {
       const rows = [...this.tables.get(frame.table).values()].filter((r) => filter.matches(r)).map((r) => project(r, frame.columns));
-      const position = this.head();
+      const position = this.options.xidPositions ? `${this.head()}:${this.nextTxid}:` : this.head();
       const size = this.options.chunkSize;
       let part = 0;
       const stopAfter = this.options.snapshotStopAfter;

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import {
   backoff, backoffDelay, closeAction, RecentIds, normalizeUrl, sseUrl, TableMirror, DEFAULT_BACKOFF,
 } from '../pgcast.js';
+import { Position } from '../src/position.js';
 
 function take(iterator, n) {
   const out = [];
@@ -136,4 +137,22 @@ test('TableMirror: composite keys with a key function', () => {
   m.applyChange(change('UPDATE', { a: 1, b: 2, v: 'z' }, { a: 1, b: 2, v: 'y' }));
   assert.deepEqual(m.rows().map((r) => r.v), ['x', 'z']);
   assert.equal(m.get([1, 2]).v, 'z');
+});
+
+test('Position: parses head:xmax:open and holds exactly what a state at it reflects', () => {
+  assert.equal(Position.parse('1041'), null, 'a change id is not a position');
+  assert.equal(Position.parse('1:2'), null);
+  assert.equal(Position.parse(null), null);
+  const p = Position.parse('10:500:480,495');
+  const change = (id, txid) => ({ id, txid });
+  assert.equal(p.holds(change('10', '479')), true);
+  assert.equal(p.holds(change('3', '499')), true);
+  assert.equal(p.holds(change('11', '479')), false, 'above the head');
+  assert.equal(p.holds(change('9', '480')), false, 'its transaction was open');
+  assert.equal(p.holds(change('9', '500')), false, 'at or above xmax');
+  assert.equal(p.holds({ id: '9' }), false, 'no txid: not held');
+  // Beyond 2^53: compared exactly, not as rounded numbers.
+  const big = Position.parse('9007199254740993:9223372036854775807:');
+  assert.equal(big.holds(change('9007199254740993', '9223372036854775806')), true);
+  assert.equal(big.holds(change('9007199254740994', '1')), false);
 });

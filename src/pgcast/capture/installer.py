@@ -388,6 +388,8 @@ async def untrack(conn: asyncpg.Connection, table: TableName) -> bool:
 
 async def _drop_slot_if_unused(conn: asyncpg.Connection) -> None:
     if await wal_setup.wal_table_count(conn) == 0:
+        # Changes committed before the untrack must reach the log before the slot goes.
+        await wal_setup.wait_until_consumed(conn)
         await wal_setup.drop_slot_and_publication(conn)
 
 

@@ -2,15 +2,15 @@
 
 This module owns the database side of the contract with the gateway: the
 ``pgcast`` schema (the ``changes`` log, the ``tracked`` options, the ``state``
-key/value table), the generic ``pgcast.capture()`` trigger function, and the four
-statement-level triggers put on each tracked table. :mod:`pgcast.capture.installer`
-applies this text with asyncpg.
+key/value table, the ``wake`` sequence), the generic ``pgcast.capture()`` trigger
+function, and the four statement-level triggers put on each tracked table.
+:mod:`pgcast.capture.installer` applies this text with asyncpg.
 
 Why statement-level triggers with transition tables: one trigger call per
 statement, whatever the number of rows, so a 100,000-row UPDATE costs one
-``INSERT ... SELECT`` into the log and one notification, instead of 100,000
-trigger calls and ``pg_notify`` calls. PostgreSQL allows only one event per
-trigger that has transition tables, hence four triggers sharing one function.
+``INSERT ... SELECT`` into the log, instead of 100,000 trigger calls. PostgreSQL
+allows only one event per trigger that has transition tables, hence four triggers
+sharing one function.
 
 Identifiers are spliced in only through :func:`pgcast.identifiers.quote_ident`
 (or ``format('%I')`` inside PL/pgSQL); values are always query parameters.
@@ -26,6 +26,9 @@ __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
     "TRIGGERS",
+    "WAKE_CLAIM",
+    "WAKE_SEQUENCE",
+    "WAKE_STRIDE",
     "create_triggers",
     "drop_triggers",
     "install_script",
@@ -34,14 +37,32 @@ __all__ = [
 SCHEMA = "pgcast"
 """The schema that holds every object pgcast creates."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the objects below; stored as ``pgcast.state['schema_version']``.
 
 2: row images built from whole-row references that no column name can shadow.
+3: no NOTIFY per transaction: the one-shot wake-up sequence (``pgcast.wake``).
 """
 
 CHANNEL = "pgcast"
-"""The NOTIFY channel the capture trigger wakes the gateway on."""
+"""The NOTIFY channel the capture trigger wakes an idle gateway on."""
+
+WAKE_SEQUENCE = "wake"
+"""The sequence (in :data:`SCHEMA`) that is the one-shot wake-up of an idle gateway.
+
+``is_called = false`` means armed: a gateway went idle and wants one notification.
+The gateway arms it with ``setval(s, v, false)``, ``v`` a multiple of
+:data:`WAKE_STRIDE`; the first capture that sees it armed gets ``v`` from
+``nextval`` and sends the one ``pg_notify``; every other capture gets ``v + 1``,
+``v + 2``... and sends none. Sequences are not transactional, so arming, claiming
+and reading it never wait for, or serialize, anyone's commit (see wakeup.py)."""
+
+WAKE_STRIDE = 1 << 20
+"""Armed values are multiples of this, so a capture recognises the armed value
+without reading it: checking ``pg_sequence_last_value() IS NULL`` is a plain
+PL/pgSQL expression (no executor start-up), measured ~3x cheaper per statement
+than ``SELECT last_value, is_called FROM`` the sequence. A false win would need
+2^20 claims between two armings."""
 
 INSTALL_LOCK_KEY = 0x70676361_7374_01
 """``pg_advisory_xact_lock`` key serializing concurrent installs ('pgcast' + 1)."""
@@ -59,6 +80,17 @@ TRIGGERS: tuple[tuple[str, str, str], ...] = (
 )
 
 _S = quote_ident(SCHEMA)
+
+# For a writer that is not the capture trigger (the WAL consumer appends to the log
+# in its own transactions): claim the armed wake-up as the trigger does, in one
+# statement. True: this transaction holds the armed value and must notify. CASE
+# fixes the order: nextval only when armed and the queue has room.
+WAKE_CLAIM = f"""
+SELECT CASE WHEN pg_sequence_last_value('{_S}.{quote_ident(WAKE_SEQUENCE)}') IS NULL
+             AND pg_notification_queue_usage() < 0.5
+            THEN nextval('{_S}.{quote_ident(WAKE_SEQUENCE)}') % {WAKE_STRIDE} = 0
+            ELSE false END
+"""
 
 _TABLES = f"""
 CREATE SCHEMA IF NOT EXISTS {_S};
@@ -89,6 +121,10 @@ CREATE TABLE IF NOT EXISTS {_S}.state (
     key text PRIMARY KEY,
     value text NOT NULL
 );
+
+-- CACHE 1: a per-session cache would hand the armed value to one session only.
+CREATE SEQUENCE IF NOT EXISTS {_S}.{quote_ident(WAKE_SEQUENCE)}
+    AS bigint START WITH {WAKE_STRIDE} CACHE 1;
 """
 
 _CHANGED_COLUMNS = f"""
@@ -123,10 +159,15 @@ COMMENT ON FUNCTION {_S}.changed_columns(jsonb, jsonb) IS
 #   names pgcast_old is only planned where that transition table exists.
 # * UPDATE pairs old and new rows by ordinal position: PostgreSQL appends the
 #   old and the new tuple of each row to the two transition tables together.
-# * The empty NOTIFY payload lets PostgreSQL fold every notification of one
-#   transaction into one; the gateway reads the rows from the log. Above half a
-#   full queue we stop notifying rather than risk "queue is full" errors; the
-#   gateway's catch-up still finds the rows.
+# * No NOTIFY per transaction: PostgreSQL makes every transaction that notified
+#   take a cluster-wide lock at pre-commit and hold it until its commit record is
+#   flushed (PreCommit_Notify in async.c), so notifying commits run one at a time
+#   and lose group commit (4x fewer commits/s at 16 writers). The gateway polls
+#   the log instead, and while it is idle it arms the wake sequence; only the one
+#   capture that claims the armed value notifies (at most one notification per
+#   arming, see WAKE_SEQUENCE). Reading the sequence takes no lock that lasts
+#   beyond the statement. Above half a full queue we do not claim, rather than risk
+#   "queue is full" errors; the gateway's polling still finds the rows.
 # * jit = off: transition tables carry no statistics, so the UPDATE join is
 #   estimated at millions of rows and JIT compilation (~150 ms) would kick in for
 #   nothing. work_mem = 64MB: lets the two ordinal sorts of a 100,000-row UPDATE
@@ -217,8 +258,14 @@ BEGIN
         v_rows := 1;
     END IF;
 
-    IF v_rows > 0 AND pg_notification_queue_usage() < 0.5 THEN
-        PERFORM pg_notify('{CHANNEL}', '');
+    -- NULL last value: not called since the gateway's setval, i.e. armed.
+    IF v_rows > 0
+       AND pg_sequence_last_value('{_S}.{quote_ident(WAKE_SEQUENCE)}') IS NULL THEN
+        IF pg_notification_queue_usage() < 0.5 THEN
+            IF nextval('{_S}.{quote_ident(WAKE_SEQUENCE)}') % {WAKE_STRIDE} = 0 THEN
+                PERFORM pg_notify('{CHANNEL}', '');
+            END IF;
+        END IF;
     END IF;
     RETURN NULL;
 END

@@ -54,6 +54,7 @@ import asyncpg
 from pgcast.backoff import backoff
 from pgcast.capture import pgoutput, wal_setup
 from pgcast.capture.pgoutput import Begin, Commit, Delete, Insert, Relation, Truncate, Update
+from pgcast.capture.sql import CHANNEL, WAKE_CLAIM
 from pgcast.capture.wal_batch import LogRow, build_insert, merge_unchanged
 from pgcast.changelog import DATABASE_ERRORS
 from pgcast.exceptions import CaptureError
@@ -254,6 +255,12 @@ class WalConsumer:
                     self.transactions += 1
                     confirmable = decoded.end_lsn
                 elif isinstance(decoded, Relation):
+                    if pending:
+                        # Pending rows are encoded at flush with the relation they
+                        # were decoded under; a new Relation (after ALTER TABLE) must
+                        # not relabel their values with its columns.
+                        confirmable = await self._flush(conn, repl.cursor, pending, confirmable)
+                        pending = []
                     self._relations[decoded.oid] = decoded
                     await self._learn_types(conn, decoded)
                 elif begin is not None:
@@ -311,6 +318,10 @@ class WalConsumer:
                         _STATE_KEY,
                         str(reached),
                     )
+                    # Idle gateways of other nodes sleep until the one-shot wake-up
+                    # (this process's own reader is woken by on_appended).
+                    if await conn.fetchval(WAKE_CLAIM):
+                        await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
             if fresh:
                 self.on_appended()
         if confirm:

@@ -35,8 +35,10 @@ __all__ = [
     "drop_slot_and_publication",
     "ensure_publication_and_slot",
     "install_script",
+    "restore_identity",
     "slot_name",
     "slot_status",
+    "wait_until_consumed",
     "wal_problems",
     "wal_table_count",
 ]
@@ -181,18 +183,28 @@ async def detach(conn: asyncpg.Connection, oid: int, table: TableName) -> bool:
     if not await is_wal_table(conn, oid):
         return False
     await conn.execute(f"ALTER PUBLICATION {quote_ident(PUBLICATION)} DROP TABLE {table.quoted()}")
+    await restore_identity(conn, oid, table)
+    return True
+
+
+async def restore_identity(conn: asyncpg.Connection, oid: int, table: TableName) -> bool:
+    """Give ``table`` back the replica identity it had before WAL mode; forget it.
+
+    Returns whether pgcast had kept one for it (in ``pgcast.wal_tables``).
+    """
     row = await conn.fetchrow(
         "DELETE FROM pgcast.wal_tables WHERE relid = $1::oid::regclass "
         "RETURNING replica_identity::text AS ident, "
         "(SELECT relname FROM pg_class WHERE oid = identity_index) AS idx",
         oid,
     )
-    if row is not None:
-        if row["ident"] == "i" and row["idx"] is not None:
-            clause = f"USING INDEX {quote_ident(row['idx'])}"
-        else:
-            clause = _IDENTITY_CLAUSE.get(row["ident"], "DEFAULT")
-        await conn.execute(f"ALTER TABLE {table.quoted()} REPLICA IDENTITY {clause}")
+    if row is None:
+        return False
+    if row["ident"] == "i" and row["idx"] is not None:
+        clause = f"USING INDEX {quote_ident(row['idx'])}"
+    else:
+        clause = _IDENTITY_CLAUSE.get(row["ident"], "DEFAULT")
+    await conn.execute(f"ALTER TABLE {table.quoted()} REPLICA IDENTITY {clause}")
     return True
 
 
@@ -212,6 +224,37 @@ async def wal_table_oids(conn: asyncpg.Connection) -> set[int]:
         PUBLICATION,
     )
     return {r["prrelid"] for r in rows}
+
+
+async def wait_until_consumed(conn: asyncpg.Connection, *, timeout: float = 10.0) -> bool:
+    """Wait until a streaming consumer has confirmed all WAL written so far.
+
+    Dropping the slot of the last WAL table would otherwise discard changes
+    committed before the untrack that the consumer has not appended yet. The
+    consumer confirms a position only after the log holds everything before it
+    (and, when idle, moves it to the server's WAL end on keepalives), so reaching
+    the current insert position means nothing committed earlier is left behind.
+    Returns ``False`` when there is no active consumer or ``timeout`` passed:
+    then whatever the slot still holds is not in the log.
+    """
+    name = await slot_name(conn)
+    target = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
+    try:
+        async with _deadline(timeout):
+            while True:
+                row = await conn.fetchrow(
+                    "SELECT active, confirmed_flush_lsn >= $2 AS reached "
+                    "FROM pg_replication_slots WHERE slot_name = $1",
+                    name,
+                    target,
+                )
+                if row is None or not row["active"]:
+                    return False
+                if row["reached"]:
+                    return True
+                await _pause()
+    except TimeoutError:
+        return False
 
 
 async def drop_slot_and_publication(conn: asyncpg.Connection, *, timeout: float = 10.0) -> bool:

@@ -333,7 +333,8 @@ class Client:
             self._terminate(error)
 
     def _terminate(self, error: ClientError) -> None:
-        logger.error("%s", error)
+        # Debug only: every waiting caller receives `error` and reports it itself.
+        logger.debug("%s", error)
         self.error = error
         self._set_status(ClientStatus.CLOSED)
         for sub in list(self._subs.values()):
@@ -363,8 +364,16 @@ class Client:
                 return ConnectionRejected(code, reason, http_status=status)
             logger.warning("connecting to %s failed: %s", self.url, exc)
             return None
-        except (OSError, TimeoutError, WebSocketException) as exc:
+        except (TimeoutError, WebSocketException) as exc:
             logger.warning("connecting to %s failed: %s", self.url, exc)
+            return None
+        except OSError as exc:
+            # Nothing listens there (the usual first-run mistake): say what to start.
+            logger.warning(
+                "cannot reach a gateway at %s (%s): is `pgcast serve` running there? retrying",
+                self.url,
+                " ".join(str(exc).split()),
+            )
             return None
         try:
             return await self._serve(ws)

@@ -8,6 +8,7 @@ duplicates, how a ``pgcast listen`` target is split) is unit-tested directly.
 from __future__ import annotations
 
 import enum
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from pgcast.exceptions import IdentifierError, PgcastError
 
 __all__ = [
     "CloseAction",
+    "Position",
     "RecentIds",
     "close_action",
     "encode",
@@ -156,6 +158,52 @@ class RecentIds:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+_POSITION = re.compile(r"([0-9]{1,19}):([0-9]{1,19}):((?:[0-9]{1,19})(?:,[0-9]{1,19}){0,999})?")
+
+
+class Position:
+    """An exact log position (``head:xmax:open,txids``), as a snapshot hands it out.
+
+    A state taken at this position already holds every change it does not see as
+    *after* it. A resume by change id replays a window before that id, and the
+    window can reach back before the snapshot the subscription started from
+    (``tx_xmin`` of a row is held low by any long transaction, in any database of
+    the cluster). The client never saw those changes' ids, since the snapshot's
+    rows stood for them, so the id filter would let them through and move rows
+    back to older versions; ``holds`` recognises them.
+    """
+
+    __slots__ = ("head", "pending", "xmax")
+
+    def __init__(self, head: int, xmax: int, pending: frozenset[int]) -> None:
+        self.head = head
+        self.xmax = xmax
+        self.pending = pending
+
+    @classmethod
+    def parse(cls, text: str) -> Position | None:
+        """The position ``text`` encodes, or None if it is a change id (or garbage)."""
+        match = _POSITION.fullmatch(text)
+        if match is None:
+            return None
+        pending = match.group(3)
+        return cls(
+            int(match.group(1)),
+            int(match.group(2)),
+            frozenset(int(x) for x in pending.split(",")) if pending else frozenset(),
+        )
+
+    def holds(self, frame: dict[str, Any]) -> bool:
+        """Whether the state at this position already reflects change ``frame``
+        (the gateway's rule: a change is after the position iff its id is above
+        ``head`` or its transaction was open then). Unknown fields: not held."""
+        try:
+            change_id, txid = int(frame["id"]), int(frame["txid"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        return change_id <= self.head and txid < self.xmax and txid not in self.pending
 
 
 def parse_target(target: str) -> tuple[str | None, str]:

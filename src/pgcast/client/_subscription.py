@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from pgcast.client._protocol import (
+    Position,
     RecentIds,
     subscribe_frame,
 )
@@ -89,10 +90,14 @@ class Subscription:
         self.dropped = 0
         """Channel messages dropped because the consumer was too slow."""
         self.duplicates = 0
-        """Replayed change ids dropped because they were already delivered."""
+        """Replayed changes dropped: their id was already delivered, or they predate
+        the snapshot (or ``since`` position) the subscription started from."""
         self.wire_id: str | None = None
         self._attempt = 0
         self._seen = RecentIds(dedupe_window)
+        # The exact position this subscription's state starts from (its snapshot's,
+        # or a position given as ``since``): changes it holds are never applied.
+        self._start = None if since is None else Position.parse(since)
         self._retry_delays: Iterator[float] | None = None  # while the gateway says unavailable
         self._buffer: deque[dict[str, Any]] = deque()
         self._queue_size = queue_size
@@ -180,7 +185,9 @@ class Subscription:
         self._accept()
         raw_id = frame.get("id")
         change_id = str(raw_id) if raw_id is not None else None
-        if change_id is not None and change_id in self._seen:
+        if (change_id is not None and change_id in self._seen) or (
+            self._start is not None and self._start.holds(frame)
+        ):
             self.duplicates += 1
             return False
         if len(self._buffer) >= self._queue_size:
@@ -206,6 +213,7 @@ class Subscription:
         if frame.get("done") and self.last_id is None and frame.get("position") is not None:
             # Resume from the snapshot's position on any later resubscribe.
             self.resume_from = str(frame["position"])
+            self._start = Position.parse(self.resume_from)
             self._request["snapshot"] = False
         # Beyond queue_size on purpose: snapshot chunks are bounded by the table.
         self._push(frame)

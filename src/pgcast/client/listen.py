@@ -25,6 +25,7 @@ __all__ = ["format_frame", "listen"]
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_REJECTED = 2
+UNAUTHORIZED = 4501  # close code: no token, or one that does not verify
 
 
 async def listen(
@@ -47,9 +48,10 @@ async def listen(
     names are lowercased, quoted ones keep their case) or, with ``channel=True``, a
     raw NOTIFY channel name used as is. With ``json_lines`` each frame is printed
     as received, one compact JSON object per line; otherwise as a one-line summary
-    (``INSERT public.orders id=1042 {...}``). ``resync`` frames are printed too:
-    they mean the consumer must refetch. ``max_events`` stops after that many
-    changes/messages. ``out`` / ``err`` default to stdout / stderr.
+    (``INSERT public.orders change=1042 {...}``: the change id, then the row).
+    ``resync`` frames are printed too: they mean the consumer must refetch.
+    ``max_events`` stops after that many changes/messages. ``out`` / ``err`` default
+    to stdout / stderr.
     """
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
@@ -75,7 +77,15 @@ async def listen(
     except BrokenPipeError:
         return EXIT_OK  # `pgcast listen orders --json | head -1`
     except ConnectionRejected as exc:
-        print(f"pgcast: {exc}", file=err, flush=True)
+        if exc.code == UNAUTHORIZED and not token:
+            print(
+                f"pgcast: the gateway at {url} requires a token: pass --token TOKEN "
+                f"(it said: {exc.reason or 'unauthorized'})",
+                file=err,
+                flush=True,
+            )
+        else:
+            print(f"pgcast: {exc}", file=err, flush=True)
         return EXIT_REJECTED
     except ClientError as exc:
         print(f"pgcast: {exc}", file=err, flush=True)
@@ -97,7 +107,8 @@ def format_frame(frame: dict[str, Any]) -> str:
     kind = frame.get("type")
     if kind == "change":
         where = f"{frame.get('schema')}.{frame.get('table')}"
-        line = f"{frame.get('op')} {where} id={frame.get('id')}"
+        # "change" and not "id": the row's own id column is printed right after it.
+        line = f"{frame.get('op')} {where} change={frame.get('id')}"
         row = frame.get("record")
         if row is None:
             row = frame.get("old_record")

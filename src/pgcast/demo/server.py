@@ -8,7 +8,6 @@ import sys
 import webbrowser
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -23,9 +22,6 @@ from ..transports.http import HttpRequest
 from ..transports.websocket import http_response
 from . import api
 
-# The browser client lives in the repository's clients/js (served as /js/...).
-JS_DIR = Path(__file__).resolve().parents[3] / "clients" / "js"
-_JS_FILES = {"/js/pgcast.js": "pgcast.js", "/js/react.js": "react.js"}
 _REASONS = {200: "OK", 201: "Created", 403: "Forbidden", 415: "Unsupported Media Type"}
 
 
@@ -34,18 +30,13 @@ def _page() -> bytes:
 
 
 def make_routes(pool: Any) -> Callable[[HttpRequest], Awaitable[Response | None]]:
-    """The demo's HTTP routes: ``/`` (the page), ``/js/*`` (the client), ``/api/orders``."""
+    """The demo's HTTP routes: ``/`` (the page) and ``/api/orders``; the gateway itself
+    serves the browser client at ``/js/`` (pgcast.browser_client)."""
     page = _page()
 
     async def routes(request: HttpRequest) -> Response | None:
         if request.path in ("/", "/index.html") and request.method in ("GET", "HEAD"):
             return http_response(200, "OK", page, "text/html; charset=utf-8")
-        if request.path in _JS_FILES and request.method in ("GET", "HEAD"):
-            script = JS_DIR / _JS_FILES[request.path]
-            if not script.is_file():
-                body = b"// the JS client is missing: install pgcast from its repository (pip -e)"
-                return http_response(404, "Not Found", body, "text/javascript")
-            return http_response(200, "OK", script.read_bytes(), "text/javascript; charset=utf-8")
         reply = await api.handle(pool, request.method, request.path, request.body, request.headers)
         if reply is None:
             return None

@@ -69,7 +69,7 @@ function recordingSocket() {
 function liveClient() {
   const { RecordingWebSocket, wire } = recordingSocket();
   const client = getClient(URL, { WebSocket: RecordingWebSocket, backoff: { initialMs: 5, maxMs: 40 } });
-  assert.equal(client._WebSocket, RecordingWebSocket, 'a fresh shared client per test');
+  assert.equal(client.options.WebSocket, RecordingWebSocket, 'a fresh shared client per test');
   return wire;
 }
 
