@@ -173,8 +173,8 @@ class WalConsumer:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Bounded: a driver call stuck in a thread must not hang shutdown.
+            await asyncio.wait({task}, timeout=10)
         self.leader = False
 
     async def _run(self) -> None:
@@ -218,7 +218,17 @@ class WalConsumer:
     # streaming --------------------------------------------------------------------
 
     async def _consume(self, conn: Any, slot: str) -> None:
-        repl = await asyncio.to_thread(_open_stream, self.dsn, slot, self.status_interval)
+        # The stream opens in a thread, which a cancellation (stop) cannot interrupt:
+        # a stream opened after we were cancelled must still be closed, or it keeps
+        # the slot active and no other gateway can take over.
+        opening = asyncio.ensure_future(
+            asyncio.to_thread(_open_stream, self.dsn, slot, self.status_interval)
+        )
+        try:
+            repl = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_late_stream)
+            raise
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
         fd = repl.cursor.fileno()
@@ -272,7 +282,8 @@ class WalConsumer:
                         pending = []
         finally:
             loop.remove_reader(fd)
-            await asyncio.to_thread(repl.close)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(repl.close), 5)
 
     async def _learn_types(self, conn: Any, relation: Relation) -> None:
         unknown = [c.type_oid for c in relation.columns if c.type_oid not in self._types]
@@ -368,6 +379,12 @@ class _Stream:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.connection.close()
+
+
+def _close_late_stream(opening: asyncio.Future[_Stream]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        with contextlib.suppress(Exception):
+            opening.result().close()
 
 
 def _open_stream(dsn: str, slot: str, status_interval: float) -> _Stream:
