@@ -107,8 +107,9 @@ class Filter:
             for literal in condition.values:
                 if not _TYPED[category][1](literal):
                     raise FilterError(
-                        f"{literal!r} in filter term {str(condition)!r} can never match: column "
-                        f"{condition.column!r} of table {table!r} is {_TYPED[category][0]}",
+                        f"{literal!r} in filter term {str(condition)!r} cannot be compared "
+                        f"with column {condition.column!r} of table {table!r}, which is "
+                        f"{_TYPED[category][0]}",
                         hint=_TYPED[category][2],
                     )
 
