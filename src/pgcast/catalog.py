@@ -4,7 +4,7 @@ Cached, and kept current without a restart: a subscribe naming a table or a colu
 the cache does not hold reloads it (one query, at most one per CATALOG_REFRESH_MIN
 seconds whoever asks: concurrent misses share a reload), and the node reloads it
 every CATALOG_REFRESH_EVERY seconds to find dropped columns and tables that were
-renamed or dropped (``refresh`` returns those, so their subscribers can be told).
+renamed or dropped (``take_gone`` hands those over, so their subscribers are told).
 """
 
 from __future__ import annotations
@@ -80,20 +80,26 @@ class Catalog:
         self._loaded_at = -1e9
         self._lock = asyncio.Lock()
         self.reloads = 0
+        self._gone: list[Gone] = []  # found by any reload, until taken
 
     @property
     def tables(self) -> Mapping[tuple[str, str], TableInfo]:
         return self._tables
 
-    async def refresh(self, *, newer_than: float | None = None) -> list[Gone]:
-        """Reload (unless one loaded after ``newer_than`` already); return the tables gone.
+    def take_gone(self) -> list[Gone]:
+        """The tables renamed or dropped that reloads found since the last call."""
+        gone, self._gone = self._gone, []
+        return gone
+
+    async def refresh(self, *, newer_than: float | None = None) -> None:
+        """Reload, unless one loaded after ``newer_than`` already; see ``take_gone``.
 
         Reloads at most once per CATALOG_REFRESH_MIN: a caller in between waits for
         the next one, so a flood of misses costs one query per interval.
         """
         async with self._lock:
             if newer_than is not None and self._loaded_at >= newer_than:
-                return []
+                return
             wait = self._loaded_at + CATALOG_REFRESH_MIN - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -117,7 +123,7 @@ class Catalog:
             self._loaded_at = time.monotonic()
             self.reloads += 1
             by_relid = {info.relid: key for key, info in self._tables.items()}
-            return [
+            self._gone += [
                 Gone(schema, name, by_relid.get(info.relid))
                 for (schema, name), info in old.items()
                 if (schema, name) not in self._tables
@@ -136,7 +142,6 @@ class Catalog:
         wanted = frozenset(columns)
         found = self._find(schema, name)
         if not found or any(not wanted <= info.columns for info in found):
-            # Gone stays unreported here: the periodic refresh finds it again and tells.
             await self.refresh(newer_than=time.monotonic())
             found = self._find(schema, name)
         shown = f"{schema}.{name}" if schema else name

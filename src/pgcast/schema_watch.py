@@ -72,10 +72,10 @@ async def watch_catalog(catalog: Catalog, connections: Connections) -> None:
     while True:
         await asyncio.sleep(catalog_module.CATALOG_REFRESH_EVERY)
         try:
-            gone = await catalog.refresh()
+            await catalog.refresh()
         except DATABASE_ERRORS as exc:
             logger.warning("catalog refresh failed: %s", exc)
-            continue
-        for table in gone:
+        # Also what a subscribe's reload found: that one has no one to tell.
+        for table in catalog.take_gone():
             ended = await connections.table_gone(table)
             logger.info("%s; %d subscription(s) ended", table.reason(), ended)

@@ -169,3 +169,21 @@ async def test_literal_that_cannot_compare_with_the_column_type_is_refused(
         assert said in refused["message"] and "numeric" in refused["message"]
         ok = await client.subscribe("ok", table="orders", filter="id=gt.1&status=eq.abc")
         assert ok["type"] == "subscribed"
+
+
+async def test_rename_found_by_a_subscribe_is_still_told(
+    orders: asyncpg.Connection, database_url: str, quick_refresh: None
+) -> None:
+    """A subscribe to the new name reloads the catalog first: the rename it finds is
+    still told to the old name's subscribers by the periodic refresh."""
+    async with (
+        running_gateway(database_url) as gw,
+        ws_client(gw) as old,
+        ws_client(gw) as new,
+    ):
+        assert (await old.subscribe("o", table="orders"))["type"] == "subscribed"
+        await orders.execute("ALTER TABLE orders RENAME TO purchases")
+        assert (await new.subscribe("p", table="purchases"))["type"] == "subscribed"
+        told = await old.recv_type("error")
+        assert told["id"] == "o" and told["code"] == "table_gone"
+        assert "renamed to 'public.purchases'" in told["message"]

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
 import orjson
 import pytest
 
+import pgcast.catalog
 from pgcast.auth import parse_rules
-from pgcast.catalog import Gone, TableInfo
-from pgcast.exceptions import FilterError
+from pgcast.catalog import Catalog, Gone, TableInfo
+from pgcast.exceptions import FilterError, ProtocolError
 from pgcast.filters import parse_filter
 from pgcast.protocol import Subscribe
 from pgcast.schema_watch import rule_problems
@@ -71,3 +78,41 @@ def test_table_gone_ends_its_subscriptions_only() -> None:
     message = orjson.loads(actions[1].payload)
     assert message["code"] == "table_gone" and message["id"] == "a"
     assert "renamed to 'public.purchases'" in message["message"]
+
+
+class FakeConnection:
+    def __init__(self, pool: FakePool) -> None:
+        self.pool = pool
+
+    async def fetchval(self, query: str) -> bool:
+        return False
+
+    async def fetch(self, query: str) -> list[dict[str, Any]]:
+        self.pool.queries += 1
+        return []
+
+
+class FakePool:
+    def __init__(self) -> None:
+        self.queries = 0
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[FakeConnection]:
+        yield FakeConnection(self)
+
+
+async def test_a_flood_of_unknown_names_costs_one_reload_per_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pgcast.catalog, "CATALOG_REFRESH_MIN", 0.2)
+    pool = FakePool()
+    catalog = Catalog(pool)
+    started = time.monotonic()
+    for _ in range(3):  # three waves of 100 concurrent misses
+        results = await asyncio.gather(
+            *(catalog.resolve(None, f"t{i}") for i in range(100)), return_exceptions=True
+        )
+        assert all(isinstance(r, ProtocolError) for r in results)
+    elapsed = time.monotonic() - started
+    assert pool.queries <= 1 + elapsed / 0.2 + 1, (pool.queries, elapsed)
+    assert pool.queries <= 4
