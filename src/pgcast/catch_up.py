@@ -257,7 +257,7 @@ class CatchUps:
         key: Hashable,
         table_snapshot: bool,
         since: int | Horizon | None,
-        keep: frozenset[str],
+        keep: frozenset[str] | None,
         rls: tuple[str, str] | None,
     ) -> dict[str, Any]:
         """Send ``sub``'s snapshot or replay, then make it live; fields for `subscribed`.
@@ -328,7 +328,7 @@ class CatchUps:
         conn: ClientTransport,
         sub: Subscription,
         items: AsyncGenerator[CatchUpItem, None],
-        keep: frozenset[str],
+        keep: frozenset[str] | None,
         progress: _Progress,
         acquire: Acquire,
     ) -> Horizon | None:
@@ -360,7 +360,7 @@ class CatchUps:
         conn: ClientTransport,
         sub: Subscription,
         items: AsyncGenerator[CatchUpItem, None],
-        keep: frozenset[str],
+        keep: frozenset[str] | None,
         progress: _Progress,
     ) -> Horizon | None:
         """Send one pass; return its horizon (the replay's, else the snapshot's)."""

@@ -31,6 +31,7 @@ from .transports.sse import SUB_ID as SSE_SUB_ID
 
 if TYPE_CHECKING:
     from .auth import Identity
+    from .catalog import Gone
     from .node import Node
 
 logger = logging.getLogger("pgcast.server")
@@ -224,13 +225,23 @@ class Connections:
         request = action.request
         assert request.table is not None
         try:
-            info = await self.node.catalog.resolve(request.schema, request.table)
+            named = request.filter.columns | (request.columns or frozenset())
+            info = await self.node.catalog.resolve(request.schema, request.table, named)
         except ProtocolError as exc:
             return session.refused(request.id, exc)
         except DATABASE_ERRORS as exc:
             error = ProtocolError(ErrorCode.UNAVAILABLE, f"database unavailable: {exc}")
             return session.refused(request.id, error)
         return session.table_resolved(request, info)
+
+    async def table_gone(self, gone: Gone) -> int:
+        """Tell the subscribers of a dropped or renamed table; return how many there were."""
+        ended = 0
+        for client in list(self.clients.values()):
+            actions = client.session.table_gone(gone.schema, gone.name, gone.reason())
+            ended += len(actions) // 2
+            await self._carry_out(client, actions)
+        return ended
 
     async def _catch_up(self, client: Client, action: act.CatchUp) -> list[act.Action]:
         sub: Subscription = action.sub

@@ -19,7 +19,7 @@ the hub finds candidate subscriptions by hash lookup instead of scanning them al
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -88,8 +88,12 @@ class Filter:
                 return condition
         return None
 
-    def check_columns(self, known: Iterable[str], table: str) -> None:
-        """Raise FilterError naming the first column ``table`` does not have."""
+    def check_columns(
+        self, known: Iterable[str], table: str, types: Mapping[str, str] | None = None
+    ) -> None:
+        """Raise FilterError naming the first column ``table`` does not have, or the
+        first literal that can never compare with its column's type (``types``: each
+        column's PostgreSQL typcategory, 'N' numeric, 'B' boolean)."""
         known_set = set(known)
         for condition in self.conditions:
             if condition.column not in known_set:
@@ -97,6 +101,17 @@ class Filter:
                     f"unknown column {condition.column!r} in filter for table {table!r}",
                     hint=f"columns are: {', '.join(sorted(known_set))}",
                 )
+            category = (types or {}).get(condition.column)
+            if condition.op == "is" or category not in _TYPED:
+                continue
+            for literal in condition.values:
+                if not _TYPED[category][1](literal):
+                    raise FilterError(
+                        f"{literal!r} in filter term {str(condition)!r} cannot be compared "
+                        f"with column {condition.column!r} of table {table!r}, which is "
+                        f"{_TYPED[category][0]}",
+                        hint=_TYPED[category][2],
+                    )
 
     def __str__(self) -> str:
         return "&".join(str(condition) for condition in self.conditions)
@@ -271,6 +286,17 @@ def _test(op: str, value: Any, literals: tuple[str, ...]) -> bool | None:
     if op == "gt":
         return order > 0
     return order >= 0  # gte
+
+
+def _numeric_literal(literal: str) -> bool:
+    return _number(literal) is not None or literal in _NON_FINITE
+
+
+# typcategory -> (what it is, whether a literal can compare with it, the hint)
+_TYPED: dict[str, tuple[str, Callable[[str], bool], str]] = {
+    "N": ("numeric", _numeric_literal, "compare it with a number, e.g. gt.100"),
+    "B": ("boolean", lambda literal: literal in ("true", "false"), "use true or false"),
+}
 
 
 def literal_keys(literal: str) -> list[IndexKey]:

@@ -43,6 +43,7 @@ from .metrics import Histogram
 from .observability import build_metrics
 from .observability import health as node_health
 from .protocol import CloseCode
+from .schema_watch import check_rules, watch_catalog
 from .startup import connect_with_retry
 from .transports import Connection, Refusal
 from .transports.pending import PendingRequests
@@ -145,6 +146,8 @@ class Node:
                 "PostgreSQL LISTEN not ready yet (%s); serving anyway", self.listener.last_error
             )
         self._spawn(self._housekeeping(), "pgcast-housekeeping")
+        await check_rules(self.auth.rules, self._catalog)
+        self._spawn(watch_catalog(self._catalog, self.connections), "pgcast-catalog")
 
     async def stop(self, *, timeout: float = 5.0) -> None:
         """Tell every client to reconnect elsewhere (4000), then release everything."""

@@ -56,6 +56,7 @@ class ErrorCode(enum.StrEnum):
     FORBIDDEN = "forbidden"
     RATE_LIMITED = "rate_limited"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    TABLE_GONE = "table_gone"
 
 
 @dataclass(frozen=True, slots=True)

@@ -273,7 +273,7 @@ class Session:
         rule = grants.table(info.schema, info.name)
         if rule is None:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not read {request.table!r}")
-        request.filter.check_columns(info.columns, info.name)
+        request.filter.check_columns(info.columns, info.name, info.types)
         if request.columns is not None and not request.columns <= info.columns:
             unknown = ", ".join(sorted(request.columns - info.columns))
             raise ProtocolError(
@@ -285,11 +285,25 @@ class Session:
         fields: dict[str, object] = {"schema": info.schema, "table": info.name}
         if not request.snapshot and request.since is None:
             return [Watch(sub), Send(protocol.subscribed(sub.id, **fields))]
-        # Project snapshot rows like the log does (tracked columns), then as asked.
-        keep = info.columns if sub.columns is None else info.columns & sub.columns
+        # Project snapshot rows like the log does (tracked columns), then as asked; a
+        # table tracked whole is sent as it is now (a column added since the catalog
+        # was read included).
+        keep: frozenset[str] | None = sub.columns
+        if not info.whole:
+            keep = info.columns if sub.columns is None else info.columns & sub.columns
         sub.begin_catch_up(self.policy.catch_up_buffer_limit)
         catch_up = CatchUp(sub, request.snapshot, request.since, keep, self._rls(), fields)
         return [Watch(sub), catch_up]
+
+    def table_gone(self, schema: str, table: str, reason: str) -> list[Action]:
+        """``schema.table`` was dropped or renamed: end its subscriptions, saying why."""
+        actions: list[Action] = []
+        for sub in list(self.subscriptions.values()):
+            if sub.channel is None and (sub.schema, sub.table) == (schema, table):
+                self.close_subscription(sub.id)
+                message = protocol.error(ErrorCode.TABLE_GONE, reason, sub.id)
+                actions += [Forget(sub), Send(message)]
+        return actions
 
     def caught_up(self, catch_up: CatchUp, fields: dict[str, object]) -> list[Action]:
         """The catch-up is done and the subscription live: confirm it."""

@@ -96,7 +96,7 @@ class CatchUp:
     sub: Subscription
     snapshot: bool
     since: int | Horizon | None
-    keep: frozenset[str]
+    keep: frozenset[str] | None  # None: every column, as the table has them now
     rls: tuple[str, str] | None
     fields: dict[str, object]
 

@@ -63,7 +63,7 @@ def body_for(sub: Subscription, change: ChangeEvent, unreadable: UnreadableRows)
 
 
 def select_rows(
-    rows: list[str], sub: Subscription, keep: frozenset[str], unreadable: UnreadableRows
+    rows: list[str], sub: Subscription, keep: frozenset[str] | None, unreadable: UnreadableRows
 ) -> list[bytes]:
     """Snapshot rows (JSON text) that pass the subscription's filter, projected to ``keep``.
 
@@ -79,7 +79,7 @@ def select_rows(
                 continue
             if sub.rule is not None and not sub.rule.matches(row):
                 continue
-            if not keep.issuperset(row):
+            if keep is not None and not keep.issuperset(row):
                 text = project_row(text, keep)
         except RowImageError as exc:
             unreadable.withheld(f"a snapshot row of {sub.schema}.{sub.table}", exc)

@@ -29,6 +29,7 @@ from .rule_grammar import (
     _ColumnLiteral,
     _Const,
     _Expr,
+    _Or,
     compile_rule,
 )
 from .tokens import Identity
@@ -277,6 +278,18 @@ class Rules:
 
     def bind(self, identity: Identity) -> Grants:
         return Grants(self, identity)
+
+    def columns(self, key: tuple[str, str]) -> frozenset[str]:
+        """The columns the read rule of table ``key`` names (to check against the table)."""
+        found: set[str] = set()
+        stack: list[_Expr] = [self.tables[key]] if key in self.tables else []
+        while stack:
+            item = stack.pop()
+            if isinstance(item, _ColumnClaim | _ColumnLiteral):
+                found.add(item.column)
+            elif isinstance(item, _And | _Or):
+                stack.extend(item.items)
+        return frozenset(found)
 
 
 _RULES_KEYS = ("tables", "channels")
