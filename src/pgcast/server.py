@@ -108,15 +108,26 @@ class Gateway(Node):
         return cors.response_headers(self.auth.limits, head.header("Origin"))
 
     async def http(self, request: HttpRequest) -> Response:
-        """Plain HTTP: the gateway's own routes, then the embedding app's (``routes``);
-        CORS headers on the routes a page on another origin calls."""
+        """Plain HTTP: the gateway's own routes, then the embedding app's (``routes``,
+        answered as it answers them), then ``/js/`` and the index; CORS headers on the
+        gateway's answers to the routes a page on another origin calls."""
+        found = route_table.answer(self, request.path)
+        if found is None and self.routes is not None:
+            response = await self.routes(request)
+            if response is not None:
+                return response
         if request.method == "OPTIONS" and cors.cors_path(request.path):
             return self._preflight(request)
-        response = await self._answer(request)
-        if cors.cors_path(request.path):
-            head = RequestHead(request.target, tuple(request.headers))
-            for name, value in self.cors_headers(head):
-                response.headers[name] = value
+        if found is None and (script := js_response(request)) is not None:
+            response = script  # the browser client, at /js/
+        else:
+            if found is None:
+                found = route_table.index("/") if request.path == "/" else route_table.not_found()
+            reason = _REASONS.get(found.status, "")
+            response = http_response(found.status, reason, found.body, found.content_type)
+        head = RequestHead(request.target, tuple(request.headers))
+        for name, value in self.cors_headers(head):
+            response.headers[name] = value
         return response
 
     def _preflight(self, request: HttpRequest) -> Response:
@@ -129,20 +140,6 @@ class Gateway(Node):
         for name, value in headers:
             response.headers[name] = value
         return response
-
-    async def _answer(self, request: HttpRequest) -> Response:
-        found = route_table.answer(self, request.path)
-        if found is None and self.routes is not None:
-            response = await self.routes(request)
-            if response is not None:
-                return response
-        if found is None and (script := js_response(request)) is not None:
-            return script  # the browser client, at /js/
-        if found is None:
-            found = route_table.index("/") if request.path == "/" else route_table.not_found()
-        return http_response(
-            found.status, _REASONS.get(found.status, ""), found.body, found.content_type
-        )
 
 
 _REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
