@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import orjson
 
-from . import __version__
+from . import __version__, cors
 from . import routes as route_table
 from .auth import AuthConfig, load_auth_config
 from .config import Settings, load_settings
@@ -188,18 +188,27 @@ class PgcastASGI:
         if gateway is None:
             await _respond(send, route_table.Answer(503, orjson.dumps({"error": _NOT_STARTED})))
             return
+        if scope["method"] == "OPTIONS" and cors.cors_path(path):
+            await _preflight(send, gateway, _request_head(scope))
+            return
         if route_table.STREAMS.get(path) == "sse" and scope["method"] == "GET":
             await self._sse(gateway, scope, receive, send)
             return
         found = route_table.answer(gateway, path)
         if found is None:
             found = route_table.index("") if path in ("/", "") else route_table.not_found()
-        await _respond(send, found, head=head)
+        extra = gateway.cors_headers(_request_head(scope))
+        await _respond(send, found, head=head, extra=extra)
 
     async def _sse(self, gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /sse``: one subscription as an event stream, as under ``pgcast serve``."""
         head = _request_head(scope)
-        stream = SseConnection(gateway, head, outbox_limit=self.settings.outbox_limit)
+        stream = SseConnection(
+            gateway,
+            head,
+            outbox_limit=self.settings.outbox_limit,
+            headers=gateway.cors_headers(head),
+        )
         sink = AsgiStreamSink(stream, send)
         stream.attach(sink, _peer(scope))
         try:
@@ -294,14 +303,33 @@ def _peer(scope: Scope) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-async def _respond(send: Send, answer: route_table.Answer, *, head: bool = False) -> None:
+async def _respond(
+    send: Send,
+    answer: route_table.Answer,
+    *,
+    head: bool = False,
+    extra: list[tuple[str, str]] | None = None,
+) -> None:
     headers = [
         (b"content-type", answer.content_type.encode()),
         (b"content-length", str(len(answer.body)).encode()),
         (b"cache-control", b"no-store"),
     ]
+    headers += [(name.lower().encode(), value.encode()) for name, value in extra or ()]
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else answer.body})
+
+
+async def _preflight(send: Send, gateway: Gateway, head: RequestHead) -> None:
+    """A preflight ``OPTIONS``: 204 with what a page on an allowed origin may send."""
+    headers = cors.preflight_headers(gateway.auth.limits, head.header("Origin"))
+    if headers is None:
+        body = b'{"error":"this Origin may not call the gateway"}'
+        await _respond(send, route_table.Answer(403, body))
+        return
+    raw = [(name.lower().encode(), value.encode()) for name, value in headers]
+    await send({"type": "http.response.start", "status": 204, "headers": raw})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from websockets.http11 import Response
 
+from . import cors
 from . import routes as route_table
 from .auth import AuthConfig
 from .browser_client import js_response
@@ -22,6 +23,7 @@ from .config import Settings
 from .connections import AUTH_TIMEOUT, INBOX_BYTES, INBOX_LIMIT
 from .node import Node
 from .startup import wait_unless_stopped
+from .transports import RequestHead
 from .transports.http import HttpRequest
 from .transports.sse import HttpConnection
 from .transports.websocket import WebSocketConnection, http_response
@@ -96,22 +98,48 @@ class Gateway(Node):
             max_frame_bytes=self.settings.max_frame_bytes,
             outbox_limit=self.settings.outbox_limit,
             pending_requests=self.pending_requests,
+            stream_headers=self.cors_headers,
         )
 
+    def cors_headers(self, head: RequestHead) -> list[tuple[str, str]]:
+        """The CORS headers of the answer to ``head`` (see :mod:`pgcast.cors`)."""
+        if not cors.cors_path(head.path):
+            return []
+        return cors.response_headers(self.auth.limits, head.header("Origin"))
+
     async def http(self, request: HttpRequest) -> Response:
-        """Plain HTTP: the gateway's own routes, then the embedding app's (``routes``)."""
+        """Plain HTTP: the gateway's own routes, then the embedding app's (``routes``,
+        answered as it answers them), then ``/js/`` and the index; CORS headers on the
+        gateway's answers to the routes a page on another origin calls."""
         found = route_table.answer(self, request.path)
         if found is None and self.routes is not None:
             response = await self.routes(request)
             if response is not None:
                 return response
+        if request.method == "OPTIONS" and cors.cors_path(request.path):
+            return self._preflight(request)
         if found is None and (script := js_response(request)) is not None:
-            return script  # the browser client, at /js/
-        if found is None:
-            found = route_table.index("/") if request.path == "/" else route_table.not_found()
-        return http_response(
-            found.status, _REASONS.get(found.status, ""), found.body, found.content_type
-        )
+            response = script  # the browser client, at /js/
+        else:
+            if found is None:
+                found = route_table.index("/") if request.path == "/" else route_table.not_found()
+            reason = _REASONS.get(found.status, "")
+            response = http_response(found.status, reason, found.body, found.content_type)
+        head = RequestHead(request.target, tuple(request.headers))
+        for name, value in self.cors_headers(head):
+            response.headers[name] = value
+        return response
+
+    def _preflight(self, request: HttpRequest) -> Response:
+        headers = cors.preflight_headers(self.auth.limits, request.header("Origin"))
+        if headers is None:
+            body = b'{"error":"this Origin may not call the gateway"}'
+            return http_response(403, "Forbidden", body, route_table.JSON)
+        response = http_response(204, "No Content", b"", route_table.JSON)
+        del response.headers["Content-Type"], response.headers["Content-Length"]
+        for name, value in headers:
+            response.headers[name] = value
+        return response
 
 
 _REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl
 
@@ -197,8 +198,17 @@ _REASONS = {status: reason for status, reason in _ERROR_STATUS.values()}
 class SseConnection(OutboxConnection, asyncio.Protocol):
     """One ``GET /sse`` stream carrying one subscription (id ``"sse"``)."""
 
-    def __init__(self, app: StreamApplication, head: RequestHead, *, outbox_limit: int) -> None:
+    def __init__(
+        self,
+        app: StreamApplication,
+        head: RequestHead,
+        *,
+        outbox_limit: int,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """``headers`` go with the stream's 200 answer (CORS: see :mod:`pgcast.cors`)."""
         self.app = app
+        self.headers = [*STREAM_HEADERS, *headers]
         self.events = app
         self.head = head
         self.outbox_limit = outbox_limit
@@ -266,7 +276,7 @@ class SseConnection(OutboxConnection, asyncio.Protocol):
         """Write the response head: from here on the reply is an event stream."""
         assert self.sink is not None
         self._started = True
-        self.sink.start(STREAM_HEADERS, f"retry: {RETRY_MS}\n\n".encode())
+        self.sink.start(self.headers, f"retry: {RETRY_MS}\n\n".encode())
         self._heartbeat = asyncio.get_running_loop().call_later(self.heartbeat_interval, self._beat)
 
     def _beat(self) -> None:
@@ -398,7 +408,9 @@ class HttpConnection(WebSocketConnection):
         max_frame_bytes: int,
         outbox_limit: int,
         pending_requests: PendingRequests,
+        stream_headers: Callable[[RequestHead], Sequence[tuple[str, str]]] = lambda head: (),
     ) -> None:
+        """``stream_headers``: the extra headers of a stream's answer to its request."""
         super().__init__(
             app,
             max_frame_bytes=max_frame_bytes,
@@ -406,13 +418,19 @@ class HttpConnection(WebSocketConnection):
             pending_requests=pending_requests,
         )
         self.streams = streams
+        self.stream_headers = stream_headers
 
     def _on_request(self, request: Request) -> None:
         if request.path.partition("?")[0] != SSE_PATH or self.transport is None:
             super()._on_request(request)
             return
         self.head = request_head(request)
-        stream = SseConnection(self.streams, self.head, outbox_limit=self.outbox_limit)
+        stream = SseConnection(
+            self.streams,
+            self.head,
+            outbox_limit=self.outbox_limit,
+            headers=self.stream_headers(self.head),
+        )
         self.transport.set_protocol(stream)
         stream.connection_made(self.transport)
         stream.open()
