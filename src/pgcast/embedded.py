@@ -112,6 +112,10 @@ def start_embedded(
     data_dir = _normalise(data_dir)
     deadline = time.monotonic() + timeout
     owner = _server_owner()
+    if owner is not None:
+        # The server user must reach the binaries too: a virtualenv under /root (0700)
+        # would otherwise fail with "permission denied" on exec.
+        _make_traversable(_bin_dir() / "postgres")
     with _exclusive_lock(data_dir):
         if not (data_dir / "PG_VERSION").is_file():
             _initdb(data_dir, owner)
