@@ -373,7 +373,8 @@ class CatchUps:
                     horizon = item
                     continue
                 if isinstance(item, Replay):
-                    conn.send(protocol.resync(sub.id, item.reason))
+                    position = None if horizon is None else horizon.encode()
+                    conn.send(protocol.resync(sub.id, item.reason, position))
                     continue
                 if isinstance(item, TableRows):
                     snapshot_at = progress.position = item.horizon

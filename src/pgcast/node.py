@@ -266,6 +266,8 @@ class Node:
             f"the change log was pruned through id {pruned_through} before this gateway "
             "read it: refetch"
         )
+        # No position: the changes after the gap are dispatched next, and the node's
+        # position may already include them.
         for client in self.connections.clients.values():
             for sub in client.session.subscriptions.values():
                 if sub.channel is None:

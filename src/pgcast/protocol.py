@@ -317,8 +317,13 @@ def pong(data: Any = None) -> bytes:
     return encode({"type": "pong"} if data is None else {"type": "pong", "data": data})
 
 
-def resync(sub_id: str, reason: str) -> bytes:
-    return encode({"type": "resync", "sub": sub_id, "reason": reason})
+def resync(sub_id: str, reason: str, position: str | None = None) -> bytes:
+    """The log cannot resume the subscription; ``position`` is where its stream now
+    continues from (resume from it once the state is rebuilt, until a change arrives)."""
+    frame: dict[str, Any] = {"type": "resync", "sub": sub_id, "reason": reason}
+    if position is not None:
+        frame["position"] = position
+    return encode(frame)
 
 
 def snapshot_chunk(

@@ -627,6 +627,15 @@ async def test_resume_beyond_retention_gets_resync_then_live_changes(
             ack = await raw.recv()
             assert ack["type"] == "subscribed" and ack["id"] == "old" and ack["replayed"] == 0
 
+            # The resync's position resumes cleanly: no second resync, nothing replayed.
+            await raw.send(
+                {"type": "subscribe", "id": "again", "table": "items", "since": resync["position"]}
+            )
+            ack = await raw.recv()
+            assert ack["type"] == "subscribed" and ack["id"] == "again" and ack["replayed"] == 0
+            await raw.send({"type": "unsubscribe", "id": "again"})
+            assert (await raw.recv())["type"] == "unsubscribed"
+
             await raw.send({"type": "subscribe", "id": "zero", "table": "items", "since": 0})
             assert (await raw.recv())["type"] == "resync"
             assert (await raw.recv())["type"] == "subscribed"

@@ -328,6 +328,26 @@ async def test_replayed_changes_before_subscribed_and_resync_reach_the_caller(
         assert (await next_frame(sub))["id"] == "6"
 
 
+async def test_after_a_resync_the_resubscribe_resumes_from_its_position(
+    gateway: FakeGateway,
+) -> None:
+    async def replay(conn: FakeConnection, message: dict[str, Any]) -> None:
+        if message["since"] == "5":
+            await conn.send(
+                {"type": "resync", "sub": message["id"], "reason": "pruned", "position": "9:20:"}
+            )
+        await conn.send({"type": "subscribed", "id": message["id"]})
+
+    gateway.on_subscribe = replay
+    async with connect(gateway.url, **FAST) as client, client.subscribe("orders", since="5") as sub:
+        conn = await gateway.next_connection()
+        assert (await next_frame(sub))["type"] == "resync"
+        assert sub.resume_from == "9:20:" and sub.last_id is None
+        conn.cut()
+        conn2 = await gateway.next_connection()
+        assert (await conn2.expect("subscribe"))["since"] == "9:20:"
+
+
 async def test_backoff_is_reset_after_every_welcome(gateway: FakeGateway) -> None:
     made: list[int] = []
 

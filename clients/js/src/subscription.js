@@ -216,6 +216,13 @@ export class Subscription {
   _onResync(frame) {
     if (this.state === 'closed' || this.state === 'failed') return;
     this._acceptQuietly();
+    if (frame.position != null) {
+      // The old position is gone for good: a resubscribe before the next change
+      // resumes where the stream now continues, not with another resync.
+      this.resumeFrom = String(frame.position);
+      this._start = Position.parse(this.resumeFrom);
+      this.lastId = null;
+    }
     safeCall(this.handlers.onResync, frame);
     this._client._emit('resync', frame, this);
   }

@@ -70,6 +70,7 @@
  * @property {'resync'} type
  * @property {string} sub
  * @property {string} reason
+ * @property {string} [position] where the stream now continues: resume from it (with `since`) once the state is rebuilt
  */
 
 /**

@@ -286,6 +286,28 @@ test('resync: the gateway pruned past our position, the mirror re-snapshots and 
   assert.ok(second.received.some((f) => f.type === 'unsubscribe' && f.id === subs[0].id));
 });
 
+test('after a resync, a resubscribe resumes from the position it gave, not with another resync', async (t) => {
+  const { gw, client, rec } = await setup(t);
+  gw.table('orders');
+  gw.silently(() => {
+    for (let i = 1; i <= 3; i++) gw.insert('orders', { id: i });
+  });
+  gw.prunedThrough = 3;
+  client.subscribe({ table: 'orders', since: '1' }, rec.handlers());
+  await rec.wait(() => rec.subscribed.length === 1);
+  assert.equal(rec.resyncs.length, 1);
+  assert.equal(rec.resyncs[0].position, '3');
+  gw.allSessions[0].terminate();
+  const second = await gw.session(1);
+  const resubscribe = await second.waitFrame((f) => f.type === 'subscribe');
+  assert.equal(resubscribe.since, '3', 'the position the stream continued from');
+  await rec.wait(() => rec.subscribed.length === 2);
+  assert.equal(rec.resyncs.length, 1, 'no second resync');
+  gw.insert('orders', { id: 4 });
+  await rec.wait(() => rec.changes.length === 1);
+  assert.deepEqual(rec.changeIds, ['4']);
+});
+
 test('a refused subscribe reports the gateway error and is not retried', async (t) => {
   const { gw, client, rec } = await setup(t);
   gw.table('orders');

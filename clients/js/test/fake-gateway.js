@@ -358,7 +358,7 @@ export class FakeGateway extends EventEmitter {
     if (frame.since != null) {
       const since = Number(String(frame.since).split(':')[0]);
       if (since < this.prunedThrough) {
-        session.send({ type: 'resync', sub: id, reason: `the change log was pruned through id ${this.prunedThrough}` });
+        session.send({ type: 'resync', sub: id, reason: `the change log was pruned through id ${this.prunedThrough}`, position: this.head() });
         return done({ replayed: 0 });
       }
       let replayed = 0;

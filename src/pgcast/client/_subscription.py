@@ -222,6 +222,12 @@ class Subscription:
         if self.state is SubscriptionState.SUSPENDED:
             return  # the resubscribe will get its own resync
         self._accept()
+        if frame.get("position") is not None:
+            # The old position is gone for good: a resubscribe before the next change
+            # resumes where the stream now continues, not with another resync.
+            self.resume_from = str(frame["position"])
+            self._start = Position.parse(self.resume_from)
+            self.last_id = None
         # Beyond queue_size on purpose: a resync must never be lost, and there is
         # at most one per subscribe.
         self._push(frame)

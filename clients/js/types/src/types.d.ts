@@ -56,6 +56,10 @@ export type ResyncFrame = {
     type: 'resync';
     sub: string;
     reason: string;
+    /**
+     * where the stream now continues: resume from it (with `since`) once the state is rebuilt
+     */
+    position?: string;
 };
 export type MessageFrame = {
     type: 'message';
@@ -312,6 +316,7 @@ export type Transport = {
  * @property {'resync'} type
  * @property {string} sub
  * @property {string} reason
+ * @property {string} [position] where the stream now continues: resume from it (with `since`) once the state is rebuilt
  */
 /**
  * @typedef {object} MessageFrame
