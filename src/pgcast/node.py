@@ -225,13 +225,17 @@ class Node:
             except Exception as exc:
                 self.unreadable.withheld(describe(change), exc)
                 routed = self.hub.match_unread(change)
+            projection_failed = False
             for sub, view in routed:
                 if sub.buffer is not None:
                     sub.buffer.append(change)
                     continue
+                if projection_failed and sub.columns is not None:
+                    continue  # read once, withheld once: not per subscriber
                 try:
                     body = change.body(sub.columns, view)
                 except RowImageError as exc:  # a column projection must read the row
+                    projection_failed = True
                     self.unreadable.withheld(describe(change), exc)
                     continue
                 conn: Connection = sub.owner

@@ -30,7 +30,7 @@ from pgcast.capture.sql import SCHEMA_VERSION, install_script
 from pgcast.identifiers import TableName
 from pgcast.server import Gateway
 
-from .gateway_helpers import TIMEOUT, WsClient, running_gateway
+from .gateway_helpers import TIMEOUT, WsClient, running_gateway, ws_client
 
 SECRET = "hostile-data-secret-" + "k" * 40
 RULES = """
@@ -379,3 +379,28 @@ async def test_unreadable_and_huge_values_cost_no_other_change_of_their_page(
         assert (await recv_exact(two, "change"))["record"]["id"] == "4"
         assert gateway.unreadable.count == 1
         assert "pgcast_unreadable_rows_total 1" in gateway.metrics()
+
+
+async def test_an_unreadable_row_is_withheld_from_projections_once_not_per_subscriber(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    await conn.execute("CREATE TABLE docs (id int PRIMARY KEY, doc jsonb)")
+    await track(conn, TableName(None, "docs"))
+    deep = "[" * 3000 + "]" * 3000  # beyond orjson's and Python's nesting limits
+    async with running_gateway(database_url) as gateway, contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(ws_client(gateway)) for _ in range(3)]
+        for i, client in enumerate(clients):
+            columns = None if i == 0 else ["id", "doc"]
+            await client.send({"type": "subscribe", "id": "s", "table": "docs", "columns": columns})
+            assert (await client.recv())["type"] == "subscribed"
+        async with conn.transaction():
+            await conn.execute("INSERT INTO docs VALUES (1, $1::text::jsonb)", deep)
+            await conn.execute("INSERT INTO docs VALUES (2, '{}')")
+        # Without a projection the row passes through as PostgreSQL wrote it.
+        async with asyncio.timeout(TIMEOUT):
+            first = await clients[0].ws.recv()
+        assert '"record":{"id":1' in str(first).replace(" ", "") and deep in str(first)
+        assert (await recv_exact(clients[0], "change"))["record"]["id"] == "2"
+        for client in clients[1:]:
+            assert (await recv_exact(client, "change"))["record"]["id"] == "2"
+        assert gateway.unreadable.count == 1
