@@ -194,7 +194,7 @@ class PgcastASGI:
         if route_table.STREAMS.get(path) == "sse" and scope["method"] == "GET":
             await self._sse(gateway, scope, receive, send)
             return
-        found = route_table.answer(gateway, path)
+        found = route_table.answer(gateway, _request_head(scope), scope["method"])
         if found is None:
             found = route_table.index("") if path in ("/", "") else route_table.not_found()
         extra = gateway.cors_headers(_request_head(scope))
@@ -315,7 +315,8 @@ async def _respond(
         (b"content-length", str(len(answer.body)).encode()),
         (b"cache-control", b"no-store"),
     ]
-    headers += [(name.lower().encode(), value.encode()) for name, value in extra or ()]
+    for name, value in (*answer.headers, *(extra or ())):
+        headers.append((name.lower().encode(), value.encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else answer.body})
 

@@ -278,6 +278,29 @@ def _parse_log_level(value: object, label: str) -> str:
     return level
 
 
+# An admin token guards the operator's console (pgcast.console); long enough that
+# guessing it over HTTP is hopeless, short enough for a header.
+ADMIN_TOKEN_MIN = 16
+ADMIN_TOKEN_MAX = 512
+
+
+def _parse_admin_token(value: object, label: str) -> str | None:
+    if value is None:
+        return None
+    # Never echo the value: it is a secret.
+    hint = "use a random string, e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`"
+    if not isinstance(value, str):
+        raise ConfigError(f"{label} is not a string", hint=hint)
+    token = value.strip()
+    if not ADMIN_TOKEN_MIN <= len(token) <= ADMIN_TOKEN_MAX:
+        raise ConfigError(
+            f"{label} must be {ADMIN_TOKEN_MIN} to {ADMIN_TOKEN_MAX} characters long", hint=hint
+        )
+    if not all(33 <= ord(ch) <= 126 for ch in token):
+        raise ConfigError(f"{label} may only contain printable ASCII without spaces", hint=hint)
+    return token
+
+
 CAPTURE_MODES = ("trigger", "wal")
 
 
@@ -318,6 +341,7 @@ _PARSERS: dict[str, _Parser] = {
     "catch_up_drain_timeout": _parse_seconds,
     "catch_up_queue_timeout": _parse_seconds,
     "catch_up_buffer_limit": _parse_buffer_limit,
+    "admin_token": _parse_admin_token,
 }
 
 
@@ -359,6 +383,9 @@ class Settings:
     # Live changes held for one catching-up subscription; past it the catch-up goes
     # back to the log for them (see pgcast.catch_up).
     catch_up_buffer_limit: int = 10_000
+    # Bearer token of the operator's console at /console (pgcast.console); None: the
+    # console is off (404).
+    admin_token: str | None = None
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -371,6 +398,8 @@ class Settings:
         values = dataclasses.asdict(self)
         if self.database_url is not None:
             values["database_url"] = redact_url(self.database_url)
+        if self.admin_token is not None:
+            values["admin_token"] = "***"  # noqa: S105 - the redaction mark, not a secret
         return values
 
     def __repr__(self) -> str:

@@ -340,6 +340,10 @@ class Hub:
     def tables(self) -> Iterator[TableKey]:
         return iter(self._tables)
 
+    def table_counts(self) -> Iterator[tuple[TableKey, int]]:
+        """Each subscribed table with its number of subscriptions."""
+        return ((key, len(index.everything)) for key, index in self._tables.items())
+
     def subscription_count(self) -> int:
         tables = sum(len(index.everything) for index in self._tables.values())
         return tables + sum(len(subs) for subs in self._channels.values())

@@ -33,6 +33,9 @@ from .changelog import DATABASE_ERRORS
 from .client_address import is_trusted_proxy
 from .config import Settings
 from .connections import Client, Connections
+from .console_feed import NodeList
+from .console_feed import run as feed_console
+from .console_stats import SampleRing
 from .events import ChangeEvent, Horizon
 from .exceptions import RowImageError
 from .filters import Filter
@@ -93,6 +96,9 @@ class Node:
         self.changes_in = 0
         self.deliveries_out = 0
         self.overflows = 0
+        self.capture_lag: float | None = None  # commit to dispatch of the newest change
+        self.console_samples = SampleRing()  # fed only while the console is configured
+        self.console_nodes = NodeList()
         self.unreadable = UnreadableRows()
         self._pool: Any = None
         self._catalog: Catalog | None = None
@@ -116,6 +122,11 @@ class Node:
     @property
     def _admitted(self) -> dict[Connection, Any]:
         return self.admission.admitted
+
+    @property
+    def pool(self) -> Any:
+        assert self._pool is not None, "the node is not started"
+        return self._pool
 
     @property
     def catalog(self) -> Catalog:
@@ -146,6 +157,8 @@ class Node:
                 "PostgreSQL LISTEN not ready yet (%s); serving anyway", self.listener.last_error
             )
         self._spawn(self._housekeeping(), "pgcast-housekeeping")
+        if self.settings.admin_token is not None:
+            self._spawn(feed_console(self), "pgcast-console-feed")
         await check_rules(self.auth.rules, self._catalog)
         self._spawn(watch_catalog(self._catalog, self.connections), "pgcast-catalog")
 
@@ -248,7 +261,10 @@ class Node:
         self.deliveries_out += deliveries
         self.dispatch_seconds.observe(time.perf_counter() - started)
         if changes:
-            self.capture_to_send_seconds.observe(time.time() - _epoch(changes[-1].committed_at))
+            lag = time.time() - _epoch(changes[-1].committed_at)
+            self.capture_to_send_seconds.observe(lag)
+            if not math.isnan(lag):
+                self.capture_lag = lag
         if self.hooks:
             self.hooks.feed(changes)
 

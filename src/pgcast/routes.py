@@ -1,48 +1,40 @@
 """The one route table of a gateway, whatever serves it (``pgcast serve`` or ASGI).
 
 ``/ws`` is a WebSocket and ``/sse`` an event stream (both connections of the node);
-``/health``, ``/metrics`` and ``/`` are plain HTTP answers computed here, as data
-(status, body, content type) that the native HTTP server and the ASGI app each
-send their own way. An embedding app's own routes come after ``/health`` and
-``/metrics`` and before the index.
+``/health``, ``/metrics``, ``/console`` (:mod:`pgcast.console`, when configured) and
+``/`` are plain HTTP answers computed here, as data (:class:`pgcast.answers.Answer`)
+that the native HTTP server and the ASGI app each send their own way. An embedding
+app's own routes come after these and before the index.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Final
 
 import orjson
 
-from . import __version__
+from . import __version__, console
+from .answers import JSON, Answer, not_found
 
 if TYPE_CHECKING:
     from .node import Node
+    from .transports import RequestHead
 
 __all__ = ["JSON", "STREAMS", "Answer", "answer", "index", "not_found"]
 
-JSON: Final = "application/json"
 # Paths whose GET opens a connection of the node, and the transport it takes.
 STREAMS: Final = {"/ws": "websocket", "/sse": "sse"}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Answer:
-    """A plain HTTP answer: status, body and content type."""
-
-    status: int
-    body: bytes
-    content_type: str = JSON
-
-
-def answer(node: Node, path: str) -> Answer | None:
-    """The gateway's own answer to a plain request for ``path``; None if it has none."""
+def answer(node: Node, head: RequestHead, method: str = "GET") -> Answer | None:
+    """The gateway's own answer to a plain request; None if it has none."""
+    path = head.path
     if path == "/health":
         health = node.health()
         return Answer(200 if health["status"] == "ok" else 503, orjson.dumps(health))
     if path == "/metrics":
         return Answer(200, node.metrics().encode(), "text/plain; version=0.0.4")
-    return None
+    return console.answer(node, head, method)
 
 
 def index(base: str) -> Answer:
@@ -56,7 +48,3 @@ def index(base: str) -> Answer:
         "metrics": base + "metrics",
     }
     return Answer(200, orjson.dumps(body))
-
-
-def not_found() -> Answer:
-    return Answer(404, b'{"error":"not found"}')

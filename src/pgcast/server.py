@@ -111,7 +111,8 @@ class Gateway(Node):
         """Plain HTTP: the gateway's own routes, then the embedding app's (``routes``,
         answered as it answers them), then ``/js/`` and the index; CORS headers on the
         gateway's answers to the routes a page on another origin calls."""
-        found = route_table.answer(self, request.path)
+        head = RequestHead(request.target, tuple(request.headers))
+        found = route_table.answer(self, head, request.method)
         if found is None and self.routes is not None:
             response = await self.routes(request)
             if response is not None:
@@ -125,7 +126,8 @@ class Gateway(Node):
                 found = route_table.index("/") if request.path == "/" else route_table.not_found()
             reason = _REASONS.get(found.status, "")
             response = http_response(found.status, reason, found.body, found.content_type)
-        head = RequestHead(request.target, tuple(request.headers))
+            for name, value in found.headers:
+                response.headers[name] = value
         for name, value in self.cors_headers(head):
             response.headers[name] = value
         return response
@@ -142,7 +144,16 @@ class Gateway(Node):
         return response
 
 
-_REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    308: "Permanent Redirect",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
 
 
 async def serve(
