@@ -390,3 +390,33 @@ def test_redact_url(url: str, expected: str) -> None:
 )
 def test_allows_channel_matches_default_patterns(channel: str, allowed: bool) -> None:
     assert Settings().allows_channel(channel) is allowed
+
+
+# --- admin_token (the operator console) ---
+
+
+def test_admin_token_is_off_by_default_and_read_from_the_environment() -> None:
+    assert load_settings(env=NO_ENV).admin_token is None
+    token = "a-long-random-admin-token"
+    settings = load_settings(env={"PGCAST_ADMIN_TOKEN": f" {token} "})
+    assert settings.admin_token == token
+
+
+def test_admin_token_is_never_shown() -> None:
+    token = "a-long-random-admin-token"
+    settings = Settings(admin_token=token)
+    assert settings.redacted()["admin_token"] == "***"
+    assert token not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["short-token", "x" * 513, "has a space in the token", "tab\tin-the-token-xx", "é" * 20, 12],
+    ids=["short", "long", "space", "tab", "non-ascii", "not-a-string"],
+)
+def test_a_weak_or_garbled_admin_token_is_refused_without_echoing_it(value: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings(admin_token=value)  # type: ignore[arg-type]
+    assert "admin_token" in str(caught.value)
+    if isinstance(value, str):
+        assert value not in str(caught.value)
