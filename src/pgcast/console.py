@@ -133,6 +133,7 @@ def stats(node: Node, seconds: int | None = None) -> dict[str, Any]:
             "deliveries_per_s": last.deliveries_per_s if last is not None else 0.0,
             "listener_lag": listener.lag_seconds,
             "capture_lag": node.capture_lag,
+            "wal_lag_bytes": node.wal.slot.lag_bytes if node.wal.slot is not None else None,
             "changes_total": node.changes_in,
             "deliveries_total": node.deliveries_out + node.catch_ups.deliveries,
             "slow_closes_total": node.overflows,

@@ -42,6 +42,8 @@ function render(stats) {
   show('deliveries-rate', format(now.deliveries_per_s), now.deliveries_per_s);
   show('listener-lag', seconds(now.listener_lag), now.listener_lag);
   show('capture-lag', seconds(now.capture_lag), now.capture_lag);
+  const wal = now.wal_lag_bytes;
+  show('wal-lag', wal === null ? 'no slot' : `${format(wal / 1024)} KiB`, wal);
   show('slow-closes', String(now.slow_closes_total), now.slow_closes_total);
 
   const state = $('node-state');
@@ -50,7 +52,8 @@ function render(stats) {
   state.className = `badge ${listening ? 'ok' : 'bad'}`;
 
   const series = stats.series;
-  const capacity = 300;
+  // At least a minute wide; up to the five minutes the gateway keeps.
+  const capacity = Math.max(60, series.at.length);
   drawChart(/** @type {any} */ ($('chart-changes')), series.changes_per_s, capacity);
   drawChart(/** @type {any} */ ($('chart-deliveries')), series.deliveries_per_s, capacity);
   drawChart(/** @type {any} */ ($('chart-connections')), series.connections, capacity);
