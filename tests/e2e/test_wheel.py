@@ -80,6 +80,17 @@ def test_the_wheel_ships_every_module_of_the_browser_client(installed: tuple[Pat
                 assert path in shipped, (name, target)
 
 
+def test_the_wheel_ships_every_file_of_the_console(installed: tuple[Path, Path]) -> None:
+    from pgcast.console import _STATIC
+
+    wheel, _ = installed
+    names = set(zipfile.ZipFile(wheel).namelist())
+    served = {f"pgcast/static/console/{name}" for name, _ in _STATIC.values()}
+    in_checkout = Path(__file__).resolve().parents[2] / "src/pgcast/static/console"
+    assert {f"pgcast/static/console/{p.name}" for p in in_checkout.iterdir()} == served
+    assert served <= names
+
+
 def fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200

@@ -69,7 +69,7 @@ function render(stats) {
     ...cluster.nodes.map((node) => {
       const tr = row([
         `${node.pid}${node.self ? ' (this node)' : ''}`,
-        node.address === null ? 'local socket' : `${node.address}:${node.port}`,
+        address(node),
         node.since ? new Date(node.since).toLocaleString() : '–',
         node.state || '–',
       ]);
@@ -80,6 +80,13 @@ function render(stats) {
   $('nodes-note').textContent = cluster.error
     ? cluster.error
     : `${cluster.nodes.length} gateway node(s) hold a LISTEN connection to this database.`;
+}
+
+/** Where a node connects from; PostgreSQL hides it from a role without the right. */
+function address(node) {
+  if (node.port === -1) return 'local socket';
+  if (node.address === null) return 'hidden (another role)';
+  return `${node.address}:${node.port}`;
 }
 
 /** @param {string[]} cells */
