@@ -3,7 +3,8 @@ Django's ASGI application (no Starlette or Django import here).
 
 Routes, relative to where the app is mounted, are ``pgcast serve``'s (one table,
 :mod:`pgcast.routes`): ``/ws`` (WebSocket), ``/sse`` (Server-Sent Events, for networks
-that block WebSockets), ``/health``, ``/metrics`` and ``/`` (a JSON index).
+that block WebSockets), ``/health``, ``/metrics``, ``/console`` (with ``admin_token``,
+see :mod:`pgcast.console`) and ``/`` (a JSON index).
 
 Lifecycle: the gateway (LISTEN connection, pool, housekeeping, change hooks) starts
 on ``lifespan.startup`` and stops on ``lifespan.shutdown``, which closes the
