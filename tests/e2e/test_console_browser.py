@@ -158,7 +158,7 @@ async def test_the_console_shows_the_gateway_live_and_inspects_a_table(
         assert errors == []
 
 
-async def test_the_console_page_refuses_a_wrong_token_and_shows_no_figures(
+async def test_the_console_page_refuses_a_wrong_token_then_opens_with_the_right_one(
     database_url: str, browser: Any, tmp_path: Path
 ) -> None:
     async with running_gateway(database_url, admin_token=TOKEN) as gateway:
@@ -171,3 +171,10 @@ async def test_the_console_page_refuses_a_wrong_token_and_shows_no_figures(
         assert set(state["figures"].values()) == {None}  # never filled in
         assert state["nodes"] == 0
         check_screenshot(shot, WIDTH, HEIGHT)
+        # The form opens it with the right token.
+        await page.fill("#admin-token", TOKEN)
+        await page.click("#token-form button")
+        await expect(page.locator("#node-state")).to_have_text(
+            re.compile("^listening"), timeout=WAIT_MS
+        )
+        await expect(page.locator("#message")).to_have_text("")
