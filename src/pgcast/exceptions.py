@@ -79,6 +79,7 @@ class ProtocolError(PgcastError):
         super().__init__(message, hint=hint)
         self.code = code
         self.sub_id: str | None = None  # the refused message's id, when it had a valid one
+        self.topic: str | None = None  # the refused topic message's topic, when it had one
 
 
 class FilterError(ProtocolError):

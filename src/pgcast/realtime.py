@@ -127,14 +127,17 @@ class Realtime:
 
     # memberships ---------------------------------------------------------------------------
 
-    def join(self, member: Member) -> None:
+    def join(self, member: Member, *, announce: Callable[[], None] | None = None) -> None:
         """Add ``member``; it receives the topic's presence state at once (if it asked
-        for presence). ProtocolError ``too_many_topics`` / ``duplicate_id``."""
+        for presence), after ``announce()`` (the transport's "joined" reply).
+        ProtocolError ``too_many_topics`` / ``duplicate_id``."""
         limit = self.limits.max_topics
         already = self.topics.get(member.owner, member.topic) is not None
         if limit and not already and self.topics.joined(member.owner) >= limit:
             raise ProtocolError(ErrorCode.TOO_MANY_TOPICS, f"at most {limit} topics per connection")
         self.topics.add(member)
+        if announce is not None:
+            announce()
         if member.options.presence:
             member.sink.presence_state(member.topic, self.presence.state(member.topic))
 
