@@ -312,3 +312,60 @@ async def test_topic_grants_from_rules(database_url: str) -> None:
         await join(c, "user:u1")
         await c.send({"type": "track", "topic": "user:u1", "state": {}})
         assert (await next_of(c, "error"))["code"] == "forbidden"
+
+
+# --- the Python client -------------------------------------------------------------------
+
+
+async def test_python_client_presence_and_broadcast_across_nodes(database_url: str) -> None:
+    from pgcast.client import TopicError
+    from pgcast.client import connect as client_connect
+
+    async with two_nodes(database_url) as (g1, g2):
+        url1, url2 = f"ws://127.0.0.1:{g1.port}/ws", f"ws://127.0.0.1:{g2.port}/ws"
+        async with client_connect(url1) as alice, client_connect(url2) as bob:
+            a_room = await alice.topic("room:1", ack=True)
+            b_room = await bob.topic("room:1")
+            await a_room.track({"status": "online"}, key="alice")
+            presence = await b_room.wait_presence(lambda p: "alice" in p)
+            assert presence["alice"]["metas"][0]["status"] == "online"
+            await a_room.wait_presence(lambda p: "alice" in p)  # joined: it saw its own join
+            await a_room.broadcast("wave", {"from": "alice"})  # waits for the ack
+            async with asyncio.timeout(10):
+                async for frame in b_room:
+                    if frame["type"] == "broadcast":
+                        assert frame["payload"] == {"from": "alice"}
+                        break
+            with pytest.raises(TopicError) as refused:
+                await a_room.broadcast("big", "x" * 70_000)
+            assert refused.value.code == "payload_too_large"
+            await a_room.leave()
+            await b_room.wait_presence(lambda p: "alice" not in p)
+
+
+async def test_python_client_retracks_after_the_gateway_drops_it(database_url: str) -> None:
+    from pgcast.client import connect as client_connect
+
+    async with running_gateway(database_url, **FAST) as gateway:
+        url = f"ws://127.0.0.1:{gateway.port}/ws"
+        async with client_connect(url, backoff_factory=_fast) as alice, ws_client(gateway) as w:
+            room = await alice.topic("room:1")
+            await room.track({"n": 1}, key="alice")  # sent now, or on connect
+            await room.wait_presence(lambda p: "alice" in p)
+            assert "alice" in await join(w)
+            # Close alice's connection from the server side (4000: reconnect and resume).
+            alice_conn = next(
+                conn
+                for conn in gateway.connections.clients
+                if gateway.realtime.presence.tracked(conn, "room:1")
+            )
+            alice_conn.close(4000, "test: reconnect")
+            left = await next_of(w, "presence_diff")
+            assert list(left["leaves"]) == ["alice"]
+            back = await next_of(w, "presence_diff")
+            assert list(back["joins"]) == ["alice"] and back["joins"]["alice"]["metas"][0]["n"] == 1
+
+
+def _fast() -> Any:
+    while True:
+        yield 0.05
