@@ -168,6 +168,7 @@ class Connections:
             client.timer = asyncio.get_running_loop().call_later(
                 max(0.0, delay), self._token_expired, client
             )
+        topic_requests.rebind(self.node.realtime, client.session)
 
     def _close_unauthenticated(self, client: Client) -> None:
         if not client.session.authenticated:

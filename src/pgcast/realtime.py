@@ -36,6 +36,7 @@ from .auth.limits import Limits
 from .broadcast import Broadcast
 from .bus import Bus, LocalBus
 from .exceptions import BusError, ProtocolError
+from .metrics import Registry
 from .presence import Diff, Presence
 from .protocol import ErrorCode
 from .rate_limit import RateLimit
@@ -125,6 +126,40 @@ class Realtime:
         self._tasks = []
         await self.bus.close()
 
+    def register_metrics(self, registry: Registry) -> None:
+        registry.gauge(
+            "pgcast_topics", "Topics with members on this node.", lambda: len(self.topics)
+        )
+        registry.gauge(
+            "pgcast_presence_entries",
+            "Presence entries this node knows, of every node.",
+            lambda: len(self.presence),
+        )
+        registry.gauge(
+            "pgcast_presence_peers",
+            "Other gateway nodes heard on the bus.",
+            lambda: len(self.tracker.peers),
+        )
+        registry.counter(
+            "pgcast_broadcasts_total",
+            "Broadcasts accepted on this node.",
+            lambda: self.broadcasts_in,
+        )
+        registry.counter(
+            "pgcast_bus_errors_total",
+            "Bus messages that could not be sent (bus down or backed up).",
+            lambda: self.bus_errors,
+        )
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "peers": len(self.tracker.peers),
+            "topics": len(self.topics),
+            "presence_entries": len(self.presence),
+            "bus_errors": self.bus_errors,
+        }
+
     # memberships ---------------------------------------------------------------------------
 
     def join(self, member: Member, *, announce: Callable[[], None] | None = None) -> None:
@@ -199,6 +234,11 @@ class Realtime:
         self._member(owner, topic)
         if not self._rate(owner).presence.allow():
             raise ProtocolError(ErrorCode.RATE_LIMITED, "too many presence updates; slow down")
+        self._local_diffs([self.presence.untrack(owner, topic)])
+
+    def presence_left(self, owner: object, topic: str) -> None:
+        """Remove ``owner``'s presence on ``topic`` (no rate limit: the gateway's
+        decision, e.g. a refreshed token that may no longer track there)."""
         self._local_diffs([self.presence.untrack(owner, topic)])
 
     def state(self, topic: str) -> dict[str, Any]:

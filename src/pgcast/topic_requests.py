@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .session import Session
     from .transports import Connection
 
-__all__ = ["NativeSink", "carry_out"]
+__all__ = ["NativeSink", "carry_out", "rebind"]
 
 
 class NativeSink:
@@ -84,6 +84,23 @@ async def carry_out(realtime: Realtime, session: Session, message: TopicMessage)
         return []
     except ProtocolError as exc:
         return [Send(wire.topic_error(exc.code, str(exc), message.topic, ref))]
+
+
+def rebind(realtime: Realtime, session: Session) -> None:
+    """The session has a fresh token: re-apply its topic rights to its memberships
+    (a topic it may no longer read is left, with an ``error`` ``forbidden``)."""
+    grants = session.grants
+    assert grants is not None
+    for member in realtime.topics.of(session.owner):
+        rights = grants.topic_rights(member.topic)
+        if not rights.read:
+            realtime.leave(session.owner, member.topic)
+            message = "the refreshed token may not join this topic"
+            session.owner.send(wire.topic_error(ErrorCode.FORBIDDEN, message, member.topic))
+        else:
+            member.can_track, member.can_broadcast = rights.presence, rights.broadcast
+            if not rights.presence and realtime.presence.tracked(session.owner, member.topic):
+                realtime.presence_left(session.owner, member.topic)
 
 
 def _join(realtime: Realtime, session: Session, message: Join) -> list[Action]:

@@ -72,6 +72,9 @@ async def test_presence_syncs_across_two_nodes_and_leaves_on_disconnect(database
             diff = await next_of(bob, "presence_diff")
             (meta,) = diff["joins"]["alice"]["metas"]
             assert meta["typing"] is False and "phx_ref" in meta
+            realtime = g2.health()["realtime"]
+            assert realtime["peers"] == 1 and realtime["presence_entries"] == 1
+            assert "pgcast_presence_entries 1" in g2.metrics()
             # A third client joining on bob's node gets alice in its initial state.
             async with ws_client(g2) as carol:
                 assert list(await join(carol)) == ["alice"]
@@ -369,3 +372,30 @@ async def test_python_client_retracks_after_the_gateway_drops_it(database_url: s
 def _fast() -> Any:
     while True:
         yield 0.05
+
+
+async def test_a_refreshed_token_that_loses_a_topic_leaves_it(database_url: str) -> None:
+    import jwt
+
+    rules = parse_rules({"topics": {"read": ["team:{claims.team}"], "presence": ["team:*"]}})
+    auth = AuthConfig(
+        required=True,
+        verifier=TokenVerifier([VerificationKey.from_secret(SECRET)]),
+        rules=rules,
+        mode="token",
+    )
+    first = jwt.encode({"sub": "u1", "team": "a"}, SECRET, algorithm="HS256")
+    moved = jwt.encode({"sub": "u1", "team": "b"}, SECRET, algorithm="HS256")
+    async with (
+        running_gateway(database_url, auth=auth) as gateway,
+        ws_client(gateway, additional_headers={"Authorization": f"Bearer {first}"}) as c,
+    ):
+        await join(c, "team:a")
+        await c.send({"type": "track", "topic": "team:a", "state": {}})
+        await next_of(c, "presence_diff")
+        await c.send({"type": "auth", "token": moved})
+        refused = await next_of(c, "error", topic="team:a")
+        assert refused["code"] == "forbidden"
+        assert gateway.realtime.state("team:a") == {}  # its presence left with it
+        await c.send({"type": "broadcast", "topic": "team:a", "event": "e", "payload": 1})
+        assert (await next_of(c, "error"))["code"] == "unknown_topic"
