@@ -124,6 +124,10 @@ class Realtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        while self._outgoing is not None and not self._outgoing.empty():
+            _, _, waiter = self._outgoing.get_nowait()
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(BusError("the gateway is stopping"))
         await self.bus.close()
 
     def register_metrics(self, registry: Registry) -> None:
@@ -347,6 +351,10 @@ class Realtime:
             subject, data, done = await self._outgoing.get()
             try:
                 await self.bus.publish(subject, data)
+            except asyncio.CancelledError:
+                if done is not None and not done.done():
+                    done.set_exception(BusError("the gateway is stopping"))
+                raise
             except BusError as exc:
                 self.bus_errors += 1
                 logger.warning("bus publish on %r failed: %s", subject, exc)
