@@ -122,7 +122,7 @@ export class Topic {
   broadcast(event, payload) {
     if (this.state === 'closed') return Promise.reject(new PgcastError('closed', `topic ${this.name} is closed`));
     if (this._client.status !== 'live' || this.state !== 'joined') {
-      return Promise.reject(new PgcastError('offline', 'not connected: the broadcast was not sent'));
+      return Promise.reject(new PgcastError('offline', 'not connected or not joined yet: the broadcast was not sent'));
     }
     this._refs += 1;
     const ref = `b${this._refs}`;
