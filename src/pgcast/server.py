@@ -18,7 +18,10 @@ from websockets.http11 import Response
 from . import cors
 from . import routes as route_table
 from .auth import AuthConfig
+from .broadcast_api import PATH as BROADCAST_PATH
+from .broadcast_api import BroadcastEndpoint
 from .browser_client import js_response
+from .bus import Bus
 from .config import Settings
 from .connections import AUTH_TIMEOUT, INBOX_BYTES, INBOX_LIMIT
 from .node import Node
@@ -45,11 +48,14 @@ class Gateway(Node):
         *,
         routes: Routes | None = None,
         auth: AuthConfig | None = None,
+        bus: Bus | None = None,
     ) -> None:
         """``routes`` answers plain HTTP requests the gateway does not (an embedding app's
-        own pages and API); it returns None for paths it does not serve."""
-        super().__init__(settings, dsn, auth=auth)
+        own pages and API); it returns None for paths it does not serve. ``bus``: see
+        :class:`pgcast.node.Node`."""
+        super().__init__(settings, dsn, auth=auth, bus=bus)
         self.routes = routes
+        self.broadcast_endpoint = BroadcastEndpoint(self)
         self._server: asyncio.Server | None = None
 
     async def start(
@@ -113,6 +119,10 @@ class Gateway(Node):
         gateway's answers to the routes a page on another origin calls."""
         head = RequestHead(request.target, tuple(request.headers))
         found = route_table.answer(self, head, request.method)
+        if request.path == BROADCAST_PATH and request.method != "OPTIONS":
+            found = await self.broadcast_endpoint.answer(
+                request.method, request.target, request.headers, request.body
+            )
         if found is None and self.routes is not None:
             response = await self.routes(request)
             if response is not None:
@@ -146,12 +156,16 @@ class Gateway(Node):
 
 _REASONS = {
     200: "OK",
+    202: "Accepted",
     308: "Permanent Redirect",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
     503: "Service Unavailable",
 }
 
