@@ -19,11 +19,14 @@ from . import __version__
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["JSON", "STREAMS", "Answer", "answer", "index", "not_found"]
+__all__ = ["JSON", "PHOENIX_PATHS", "STREAMS", "Answer", "answer", "index", "not_found"]
 
 JSON: Final = "application/json"
+# The Supabase Realtime endpoint (Phoenix channels; pgcast.supabase): where supabase-js
+# connects (<project url>/realtime/v1/websocket), and Phoenix's own default path.
+PHOENIX_PATHS: Final = frozenset({"/realtime/v1/websocket", "/socket/websocket"})
 # Paths whose GET opens a connection of the node, and the transport it takes.
-STREAMS: Final = {"/ws": "websocket", "/sse": "sse"}
+STREAMS: Final = {"/ws": "websocket", "/sse": "sse"} | dict.fromkeys(PHOENIX_PATHS, "websocket")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ def index(base: str) -> Answer:
         "version": __version__,
         "websocket": base + "ws",
         "sse": base + "sse",
+        "supabase_realtime": base + "realtime/v1/websocket",
         "health": base + "health",
         "metrics": base + "metrics",
     }
