@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 import re
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ from pgcast.capture.installer import track
 from pgcast.identifiers import parse_table_name
 
 from .gateway_helpers import running_gateway
-from .test_js_live import control_server
+from .test_js_live import OPS, Op, control_server
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -98,3 +99,34 @@ async def test_supabase_js_postgres_changes(
             "PGCAST_SUPABASE_VSN": vsn,
         }
         await run_node(["test/postgres_changes.test.mjs"], env)
+
+
+def drop_and_write(gateway: Any) -> Op:
+    """``drop_and_write``: abort every client connection, then insert ``rows`` rows."""
+
+    async def op(conn: asyncpg.Connection, body: dict[str, Any]) -> list[dict[str, Any]]:
+        for client in list(gateway.clients):
+            client.abort()
+        rows = []
+        for index in range(int(body["rows"])):
+            sql = "INSERT INTO orders (merchant_id, status) VALUES ($1, $2) RETURNING id"
+            rows.append(dict(await conn.fetchrow(sql, 1, f"away {index}")))
+        return rows
+
+    return op
+
+
+async def test_supabase_js_resumes_losslessly_with_pgcast_since(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    await conn.execute(TABLE)
+    await track(conn, parse_table_name("orders"))
+    log: list[str] = []
+    async with running_gateway(database_url) as gateway:
+        ops = {**OPS, "drop_and_write": drop_and_write(gateway)}
+        async with control_server(conn, log, ops) as control:
+            env = {
+                "PGCAST_SUPABASE_URL": f"http://127.0.0.1:{gateway.port}",
+                "PGCAST_LIVE_CONTROL": control,
+            }
+            await run_node(["test/resume.test.mjs"], env)
