@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest

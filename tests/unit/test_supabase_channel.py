@@ -253,7 +253,7 @@ def change_body(**fields: Any) -> bytes:
         table="orders",
         op=fields.get("op", "INSERT"),
         record_json=fields.get("record", '{"id": 1, "amount": 12345678901234567890.50}'),
-        old_record_json=fields.get("old", None),
+        old_record_json=fields.get("old"),
         changed=None,
         txid=9,
         committed_at="2026-11-21T12:00:00.123456Z",
