@@ -1,0 +1,245 @@
+"""The Supabase endpoint at the Phoenix-frame level, on a live gateway and PostgreSQL:
+tokens (role, exp, refresh), row rules, and hostile input (malformed frames, unknown
+topics and events, oversized frames, join floods) answered with clear errors while
+the gateway keeps serving everyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import jwt
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from pgcast.auth import AuthConfig, load_auth_config
+from pgcast.capture.installer import track
+from pgcast.identifiers import parse_table_name
+from pgcast.server import Gateway
+from pgcast.supabase.channel import MAX_BAD_FRAMES
+
+from .gateway_helpers import TIMEOUT, running_gateway
+
+pytestmark = pytest.mark.timeout(60)
+
+SECRET = "supabase-endpoint-secret-" + "k" * 40
+RULES = """
+[rules.tables.orders]
+read = "merchant_id = claims.merchant_id"
+"""
+ORDERS = {"event": "*", "schema": "public", "table": "orders"}
+
+
+def make_auth(tmp_path: Path) -> AuthConfig:
+    config = tmp_path / "pgcast.toml"
+    config.write_text(RULES)
+    return load_auth_config({"jwt_secret": SECRET}, env={}, config_file=config)
+
+
+def token(merchant: int = 1, *, ttl: float = 600, **claims: Any) -> str:
+    body: dict[str, Any] = {"sub": f"user-{merchant}", "role": "authenticated"}
+    body |= {"exp": int(time.time() + ttl), "merchant_id": merchant, **claims}
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, SECRET, algorithm="HS256")
+
+
+class Phoenix:
+    """A raw Phoenix (vsn 2.0.0) client: frames as lists."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.ref = 0
+
+    async def push(self, topic: str, event: str, payload: Any, join_ref: str | None = "1") -> str:
+        self.ref += 1
+        await self.ws.send(orjson.dumps([join_ref, str(self.ref), topic, event, payload]).decode())
+        return str(self.ref)
+
+    async def recv(self, timeout: float = TIMEOUT) -> list[Any]:
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        message: list[Any] = orjson.loads(raw)
+        return message
+
+    async def until(self, event: str, topic: str | None = None) -> list[Any]:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                message = await self.recv()
+                if message[3] == event and (topic is None or message[2] == topic):
+                    return message
+
+    async def reply(self, ref: str) -> dict[str, Any]:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                message = await self.recv()
+                if message[3] == "phx_reply" and message[1] == ref:
+                    payload: dict[str, Any] = message[4]
+                    return payload
+
+    async def join(self, topic: str, bindings: list[Any], **payload: Any) -> dict[str, Any]:
+        config = {"postgres_changes": bindings}
+        return await self.reply(await self.push(topic, "phx_join", {"config": config, **payload}))
+
+
+@contextlib.asynccontextmanager
+async def phoenix(gateway: Gateway, query: str = "vsn=2.0.0") -> AsyncIterator[Phoenix]:
+    url = f"ws://127.0.0.1:{gateway.port}/realtime/v1/websocket?{query}"
+    async with connect(url, max_size=None) as ws:
+        yield Phoenix(ws)
+
+
+@pytest.fixture
+async def orders(conn: asyncpg.Connection) -> asyncpg.Connection:
+    await conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, merchant_id int, note text)")
+    await track(conn, parse_table_name("orders"))
+    return conn
+
+
+async def test_row_rules_apply_to_the_token_of_the_join(
+    database_url: str, orders: asyncpg.Connection, tmp_path: Path
+) -> None:
+    async with (
+        running_gateway(database_url, auth=make_auth(tmp_path)) as gateway,
+        phoenix(gateway, "apikey=opaque&vsn=2.0.0") as client,
+    ):
+        reply = await client.join("realtime:mine", [ORDERS], access_token=token(1))
+        assert reply["status"] == "ok", reply
+        [binding] = reply["response"]["postgres_changes"]
+        system = await client.until("system")
+        assert system[4]["message"] == "Subscribed to PostgreSQL"
+        await orders.execute("INSERT INTO orders (merchant_id, note) VALUES (2, 'theirs')")
+        await orders.execute("INSERT INTO orders (merchant_id, note) VALUES (1, 'mine')")
+        change = await client.until("postgres_changes")
+        assert change[4]["ids"] == [binding["id"]]
+        assert change[4]["data"]["record"]["note"] == "mine"
+        assert change[1].startswith("pgcast:")
+
+
+async def test_tokens_without_role_or_exp_or_expired_are_refused_at_join(
+    database_url: str, orders: asyncpg.Connection, tmp_path: Path
+) -> None:
+    async with running_gateway(database_url, auth=make_auth(tmp_path)) as gateway:
+        cases = {
+            "no token": ({}, "InvalidJWTToken: this gateway requires a token"),
+            "no role": ({"access_token": token(1, role=None)}, "`role` and `exp`"),
+            "expired": ({"access_token": token(1, ttl=-3600)}, "InvalidJWTToken"),
+            "forged": ({"access_token": token(1)[:-4] + "AAAA"}, "InvalidJWTToken"),
+        }
+        for name, (payload, reason) in cases.items():
+            async with phoenix(gateway) as client:
+                reply = await client.join("realtime:x", [ORDERS], **payload)
+                assert reply["status"] == "error", name
+                assert reason in reply["response"]["reason"], (name, reply)
+
+
+async def test_access_token_refresh_keeps_the_subject_and_a_new_subject_closes(
+    database_url: str, orders: asyncpg.Connection, tmp_path: Path
+) -> None:
+    async with (
+        running_gateway(database_url, auth=make_auth(tmp_path)) as gateway,
+        phoenix(gateway) as client,
+    ):
+        assert (await client.join("realtime:a", [ORDERS], access_token=token(1)))["status"] == "ok"
+        await client.until("system")
+        await client.push("realtime:a", "access_token", {"access_token": token(1, ttl=900)})
+        await orders.execute("INSERT INTO orders (merchant_id, note) VALUES (1, 'still')")
+        change = await client.until("postgres_changes")
+        assert change[4]["data"]["record"]["note"] == "still"
+        await client.push("realtime:a", "access_token", {"access_token": token(2)})
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.until("never")
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4501
+
+
+async def test_hostile_frames_get_clear_errors_and_the_gateway_keeps_serving(
+    database_url: str, orders: asyncpg.Connection
+) -> None:
+    async with (
+        running_gateway(database_url, max_frame_bytes=64 * 1024) as gateway,
+        phoenix(gateway) as bystander,
+    ):
+        assert (await bystander.join("realtime:watch", [ORDERS]))["status"] == "ok"
+        async with phoenix(gateway) as client:
+            await client.ws.send("{not json")
+            error = await client.until("phx_error")
+            assert "not valid JSON" in error[4]["reason"]
+            await client.ws.send(b"\x03\x00")
+            assert "7-byte header" in (await client.until("phx_error"))[4]["reason"]
+            reply = await client.reply(await client.push("realtime:nope", "broadcast", {}))
+            assert reply == {"status": "error", "response": {"reason": "unmatched topic"}}
+            reply = await client.reply(await client.push("other", "phx_join", {}))
+            assert reply["response"]["reason"] == "unmatched topic"
+            reply = await client.join(
+                "realtime:t", [{"event": "*", "schema": "public", "table": "nope"}]
+            )
+            assert reply["status"] == "error" and "not tracked" in reply["response"]["reason"]
+            reply = await client.join(
+                "realtime:t",
+                [{"event": "*", "schema": "public", "table": "orders", "filter": "nope=eq.1"}],
+            )
+            assert reply["status"] == "error" and "nope" in reply["response"]["reason"]
+            reply = await client.join("realtime:t", ["x"])
+            assert reply["response"]["reason"].startswith("InvalidJoinPayload")
+            assert (await client.join("realtime:ok", []))["status"] == "ok"
+            reply = await client.reply(await client.push("realtime:ok", "bogus", {}))
+            assert reply["response"]["reason"] == "unknown event 'bogus'"
+        # A flood of joins meets the join rate limit with an error reply each.
+        async with phoenix(gateway) as flood:
+            refs = [await flood.push(f"realtime:f{i}", "phx_join", {}) for i in range(60)]
+            statuses = [(await flood.reply(ref))["status"] for ref in refs]
+            assert statuses.count("error") >= 30, statuses
+            limited = await flood.reply(await flood.push("realtime:g", "phx_join", {}))
+            assert "ClientJoinRateLimitReached" in limited["response"]["reason"]
+        # Too many malformed frames close the connection (4500).
+        async with phoenix(gateway) as spammer:
+            for _ in range(MAX_BAD_FRAMES + 1):
+                await spammer.ws.send("[")
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await spammer.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4500
+        # An oversized frame is closed with 1009 by the transport.
+        async with phoenix(gateway) as big:
+            await big.ws.send(
+                orjson.dumps([None, "1", "phoenix", "heartbeat", "x" * 70_000]).decode()
+            )
+            with pytest.raises(ConnectionClosed) as closed:
+                await big.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        # The bystander was never disturbed.
+        await orders.execute("INSERT INTO orders (merchant_id, note) VALUES (5, 'after')")
+        change = await bystander.until("postgres_changes")
+        assert change[4]["data"]["record"]["note"] == "after"
+        heartbeat = await bystander.reply(await bystander.push("phoenix", "heartbeat", {}, None))
+        assert heartbeat == {"status": "ok", "response": {}}
+
+
+async def test_unsupported_serializer_is_refused_at_the_upgrade(
+    database_url: str, orders: asyncpg.Connection
+) -> None:
+    async with running_gateway(database_url) as gateway:
+        with pytest.raises(InvalidStatus) as refused:
+            async with phoenix(gateway, "vsn=9.9.9"):
+                pass
+        assert refused.value.response.status_code == 400
+        # vsn 1.0.0 (JSON objects), at Phoenix's own path too.
+        url = f"ws://127.0.0.1:{gateway.port}/socket/websocket?vsn=1.0.0"
+        async with connect(url) as ws:
+            await ws.send(
+                orjson.dumps(
+                    {"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": "1"}
+                ).decode()
+            )
+            reply = orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            assert reply == {
+                "topic": "phoenix",
+                "event": "phx_reply",
+                "payload": {"status": "ok", "response": {}},
+                "ref": "1",
+                "join_ref": None,
+            }
