@@ -243,3 +243,24 @@ async def test_unsupported_serializer_is_refused_at_the_upgrade(
                 "ref": "1",
                 "join_ref": None,
             }
+
+
+async def test_the_asgi_app_serves_the_endpoint_too(
+    database_url: str, orders: asyncpg.Connection
+) -> None:
+    from .test_asgi import make_app, serving
+
+    async with serving(make_app(database_url)) as server:
+        url = server.url("/realtime/v1/websocket?vsn=2.0.0&apikey=anon", "ws")
+        async with connect(url) as ws:
+            client = Phoenix(ws)
+            reply = await client.join("realtime:asgi", [ORDERS])
+            assert reply["status"] == "ok", reply
+            await orders.execute("INSERT INTO orders (merchant_id, note) VALUES (1, 'asgi')")
+            change = await client.until("postgres_changes")
+            assert change[4]["data"]["record"]["note"] == "asgi"
+            assert change[4]["data"]["columns"] == [
+                {"name": "id", "type": "int4"},
+                {"name": "merchant_id", "type": "int4"},
+                {"name": "note", "type": "text"},
+            ]
