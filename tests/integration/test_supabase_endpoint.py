@@ -37,10 +37,10 @@ read = "merchant_id = claims.merchant_id"
 ORDERS = {"event": "*", "schema": "public", "table": "orders"}
 
 
-def make_auth(tmp_path: Path) -> AuthConfig:
+def make_auth(tmp_path: Path, **flags: object) -> AuthConfig:
     config = tmp_path / "pgcast.toml"
     config.write_text(RULES)
-    return load_auth_config({"jwt_secret": SECRET}, env={}, config_file=config)
+    return load_auth_config({"jwt_secret": SECRET, **flags}, env={}, config_file=config)
 
 
 def token(merchant: int = 1, *, ttl: float = 600, **claims: Any) -> str:
@@ -100,11 +100,14 @@ async def orders(conn: asyncpg.Connection) -> asyncpg.Connection:
     return conn
 
 
+@pytest.mark.parametrize("anonymous", [False, True], ids=["token", "anonymous-mode"])
 async def test_row_rules_apply_to_the_token_of_the_join(
-    database_url: str, orders: asyncpg.Connection, tmp_path: Path
+    database_url: str, orders: asyncpg.Connection, tmp_path: Path, anonymous: bool
 ) -> None:
+    """Also where anonymous clients are let in: the join's token still counts."""
+    auth = make_auth(tmp_path, anonymous=anonymous)
     async with (
-        running_gateway(database_url, auth=make_auth(tmp_path)) as gateway,
+        running_gateway(database_url, auth=auth) as gateway,
         phoenix(gateway, "apikey=opaque&vsn=2.0.0") as client,
     ):
         reply = await client.join("realtime:mine", [ORDERS], access_token=token(1))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..auth import extract_token
 from ..exceptions import AuthError
 from ..routes import PHOENIX_PATHS
 from ..transports import Connection, Refusal, RequestHead
@@ -133,7 +134,10 @@ class PhoenixEndpoint:
         link = PhoenixConnection(conn, session, self)
         self.links[conn] = link
         identity = node.admission.take(conn)
-        if identity is not None:  # a pgcast token (header or ?token=) came with the upgrade
+        if identity is not None and extract_token(conn.head.target, conn.head.headers):
+            # A pgcast token (header or ?token=) came with the upgrade. Without one the
+            # first join authenticates, anonymous or not (an anonymous identity taken
+            # here could not be swapped for the join's token: a refresh keeps the subject).
             node.admission.admitted[link] = identity
             session.authenticated = True
         node.connections.opened(link)
