@@ -318,6 +318,8 @@ _PARSERS: dict[str, _Parser] = {
     "catch_up_drain_timeout": _parse_seconds,
     "catch_up_queue_timeout": _parse_seconds,
     "catch_up_buffer_limit": _parse_buffer_limit,
+    "presence_heartbeat": _parse_seconds,
+    "presence_timeout": _parse_seconds,
 }
 
 
@@ -359,12 +361,23 @@ class Settings:
     # Live changes held for one catching-up subscription; past it the catch-up goes
     # back to the log for them (see pgcast.catch_up).
     catch_up_buffer_limit: int = 10_000
+    # Presence across nodes (pgcast.tracker): each node sends a heartbeat every
+    # presence_heartbeat seconds; a node silent for presence_timeout seconds has its
+    # presence entries removed everywhere (within presence_timeout + 1 s).
+    presence_heartbeat: float = 4.0
+    presence_timeout: float = 12.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             parsed = _PARSERS[field.name](getattr(self, field.name), f"Settings.{field.name}")
             # Normalise (list -> tuple, "INFO" -> "info") without giving up frozenness.
             object.__setattr__(self, field.name, parsed)
+        if self.presence_timeout <= self.presence_heartbeat:
+            raise ConfigError(
+                f"presence_timeout={self.presence_timeout} must be longer than "
+                f"presence_heartbeat={self.presence_heartbeat}",
+                hint="a node is dropped after missing heartbeats: use about 3 heartbeats",
+            )
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict that is safe to log: the database password is ``***``."""

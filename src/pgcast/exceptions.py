@@ -9,6 +9,7 @@
     ├── DatabaseUnavailable  no PostgreSQL reachable (or embedded one failed to start)
     ├── RowImageError        a row image that cannot be read to evaluate a filter or rule
     ├── CatchUpAborted       a snapshot/replay stopped: its client was too slow or left
+    ├── BusError             a message between gateway nodes could not be sent
     ├── AuthError            a connection's token is refused (carries a `close_code`)
     ├── ProtocolError        a client frame the gateway refuses (carries a wire `code`)
     │   └── FilterError      a subscription filter that cannot be parsed or applied
@@ -65,6 +66,10 @@ class RowImageError(PgcastError):
 
 class CatchUpAborted(PgcastError):
     """A snapshot or replay stopped because its client was closed (slow: 4001) or left."""
+
+
+class BusError(PgcastError):
+    """A message between gateway nodes (pgcast.bus) is too large, or the bus is down."""
 
 
 class ProtocolError(PgcastError):

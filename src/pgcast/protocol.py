@@ -57,6 +57,9 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     TABLE_GONE = "table_gone"
+    UNKNOWN_TOPIC = "unknown_topic"
+    TOO_MANY_TOPICS = "too_many_topics"
+    TOPIC_FULL = "topic_full"
 
 
 @dataclass(frozen=True, slots=True)

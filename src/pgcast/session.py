@@ -28,6 +28,7 @@ from .exceptions import AuthError, ProtocolError
 from .filters import MATCH_ALL, Filter
 from .hub import Subscription
 from .protocol import CloseCode, ErrorCode, Subscribe, Unsubscribe
+from .rate_limit import RateLimit
 from .session_actions import (
     Action,
     Authenticated,
@@ -49,25 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["RateLimit", "Session", "SessionPolicy", "SessionState", "restrict"]
 
 
-class RateLimit:
-    """A token bucket: ``rate`` events per second, bursts up to ``rate`` (0 = unlimited)."""
-
-    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.clock = clock
-        self.tokens = max(rate, 1.0)
-        self.stamp = clock()
-
-    def allow(self) -> bool:
-        if self.rate <= 0:
-            return True
-        now = self.clock()
-        self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
+_INTERNAL_CHANNELS = frozenset({"pgcast", "pgcast_bus"})
 
 
 def _always(identity: Identity) -> bool:
@@ -228,8 +211,9 @@ class Session:
         return [Publish(message)]
 
     def _channel_allowed(self, channel: str) -> bool:
-        # "pgcast" is the gateway's own wake-up channel: never relayed, never published to.
-        return channel != "pgcast" and self.policy.allows_channel(channel)
+        # The gateway's own channels (wake-up, bus between nodes): never relayed, never
+        # published to, whatever the channel patterns allow.
+        return channel not in _INTERNAL_CHANNELS and self.policy.allows_channel(channel)
 
     # subscribe --------------------------------------------------------------------------
 
