@@ -98,7 +98,7 @@ async def test_supabase_js_postgres_changes(
             "PGCAST_LIVE_CONTROL": control,
             "PGCAST_SUPABASE_VSN": vsn,
         }
-        await run_node(["test/postgres_changes.test.mjs"], env)
+        await run_node(["test/postgres_changes.test.mjs", "test/presence_broadcast.test.mjs"], env)
 
 
 def drop_and_write(gateway: Any) -> Op:

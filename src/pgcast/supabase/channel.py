@@ -47,6 +47,8 @@ __all__ = [
     "Close",
     "Extension",
     "Forward",
+    "Joined",
+    "Left",
     "PhoenixSession",
     "Reply",
 ]
@@ -88,6 +90,22 @@ class Close:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Joined:
+    """The join of ``topic`` was answered ok: its presence and broadcast may start."""
+
+    topic: str
+    join_ref: str | None
+    config: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Left:
+    """The channel ``topic`` (which was joined) is gone: leave its presence and broadcast."""
+
+    topic: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Extension:
     """A ``broadcast`` or ``presence`` message on a joined channel (the glue's)."""
 
@@ -95,7 +113,7 @@ class Extension:
     config: dict[str, Any]
 
 
-Action = Reply | Forward | Authenticate | Close | Extension
+Action = Reply | Forward | Authenticate | Close | Extension | Joined | Left
 
 
 @dataclasses.dataclass(eq=False)
@@ -253,7 +271,7 @@ class PhoenixSession:
     def _leave(self, channel: _Channel) -> list[Action]:
         """Forget ``channel``; unsubscribe what pgcast still holds for it."""
         self.channels.pop(channel.topic, None)
-        actions: list[Action] = []
+        actions: list[Action] = [Left(channel.topic)] if channel.replied else []
         for sub_id in channel.subs:
             self.by_sub.pop(sub_id, None)
             self.by_prefix.pop(subscription_prefix(sub_id), None)
@@ -279,7 +297,8 @@ class PhoenixSession:
     def _answer_join(self, channel: _Channel) -> list[Action]:
         channel.replied = True
         response = {"postgres_changes": [binding.echo for binding in channel.bindings]}
-        return [self._join_reply(channel, "ok", response)]
+        reply = self._join_reply(channel, "ok", response)
+        return [reply, Joined(channel.topic, channel.join_ref, channel.config)]
 
     def _system(self, channel: _Channel, extension: str, status: str, text: str) -> Reply:
         payload = {"extension": extension, "status": status, "message": text}
@@ -340,6 +359,6 @@ class PhoenixSession:
         return actions
 
     def closed(self) -> None:
-        self.channels.clear()
+        self.channels.clear()  # the glue leaves every topic of the connection at once
         self.by_sub.clear()
         self.by_prefix.clear()

@@ -11,22 +11,36 @@ ways. This module only carries out the actions the session returns.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import urllib.parse
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..auth import extract_token
-from ..exceptions import AuthError
+from ..exceptions import AuthError, ProtocolError
 from ..routes import PHOENIX_PATHS
+from ..topics import TOPIC_NAME, Member, MemberOptions
 from ..transports import Connection, Refusal, RequestHead
 from . import frames
-from .channel import Authenticate, Close, Extension, Forward, PhoenixSession, Reply
-from .frames import Vsn
+from .channel import (
+    TOPIC_PREFIX,
+    Authenticate,
+    Close,
+    Extension,
+    Forward,
+    Joined,
+    Left,
+    PhoenixSession,
+    Reply,
+)
+from .frames import Message, Vsn
 
 if TYPE_CHECKING:
     from ..auth import Identity
+    from ..broadcast import Broadcast
     from ..catalog import TableInfo
     from ..node import Node
 
@@ -95,6 +109,35 @@ class PhoenixConnection:
         return f"<PhoenixConnection {self.peer} {self.session.vsn.value}>"
 
 
+class PhoenixSink:
+    """How one joined channel receives presence and broadcasts (a ``topics.Sink``):
+    ``presence_state``, ``presence_diff`` and ``broadcast`` messages on its topic."""
+
+    def __init__(self, link: PhoenixConnection, topic: str, join_ref: str | None) -> None:
+        self.link = link
+        self.topic = topic  # the Phoenix topic, realtime:<name>
+        self.join_ref = join_ref
+
+    def _send(self, event: str, payload: Any, join_ref: str | None) -> None:
+        message = Message(self.topic, event, payload, None, join_ref)
+        self.link.conn.send(frames.encode(message, self.link.session.vsn))
+
+    def presence_state(self, topic: str, state: dict[str, Any]) -> None:
+        self._send("presence_state", state, self.join_ref)
+
+    def presence_diff(self, topic: str, joins: dict[str, Any], leaves: dict[str, Any]) -> None:
+        self._send("presence_diff", {"joins": joins, "leaves": leaves}, self.join_ref)
+
+    def broadcast(self, message: Broadcast) -> None:
+        # Sent as JSON text with either serializer (2.0.0 clients read text frames too).
+        payload = {
+            "type": "broadcast",
+            "event": message.event,
+            "payload": orjson.Fragment(message.payload_json),
+        }
+        self._send("broadcast", payload, None)
+
+
 def _query_value(query: str, key: str) -> str | None:
     values = [v for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True) if k == key]
     return values[0] if values else None
@@ -107,6 +150,8 @@ class PhoenixEndpoint:
         self.node = node
         self.links: dict[Connection, PhoenixConnection] = {}
         self._columns: dict[tuple[str, str], tuple[TableInfo, bytes]] = {}
+        self._keys: dict[tuple[PhoenixConnection, str], str] = {}  # presence key per channel
+        self._broadcasts: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def serves(conn: Connection) -> bool:
@@ -151,6 +196,9 @@ class PhoenixEndpoint:
         if link is None:
             return False
         link.session.closed()
+        self.node.realtime.closed(link)  # its presences leave at once, on every node
+        for key in [key for key in self._keys if key[0] is link]:
+            del self._keys[key]
         self.node.connections.closed(link)
         return True
 
@@ -168,6 +216,10 @@ class PhoenixEndpoint:
                 link.conn.close(action.code, action.reason)
             elif isinstance(action, Extension):
                 self.extension(link, action)
+            elif isinstance(action, Joined):
+                self._joined(link, action)
+            elif isinstance(action, Left):
+                self._left(link, action.topic)
 
     def _authenticate(self, link: PhoenixConnection, action: Authenticate) -> None:
         auth = self.node.auth
@@ -187,17 +239,103 @@ class PhoenixEndpoint:
         link.session.authenticated = True
         self.carry_out(link, action.then)
 
-    def extension(self, link: PhoenixConnection, action: Extension) -> None:
-        """Broadcast and presence: not served by this gateway yet."""
-        message = action.message
-        event = message.event
-        answer = frames.reply(
-            message.topic,
-            message.ref,
-            message.join_ref,
-            "error",
-            {"reason": f"{event} is not available on this pgcast gateway"},
+    # presence and broadcast (pgcast.realtime) ------------------------------------------------
+
+    def _joined(self, link: PhoenixConnection, action: Joined) -> None:
+        """Make the joined channel a member of its topic (``realtime:room`` is topic
+        ``room``, shared with pgcast's own clients), if the token may read it."""
+        name = action.topic.removeprefix(TOPIC_PREFIX)
+        client = self.node.connections.clients.get(link)
+        grants = client.session.grants if client is not None else None
+        if grants is None or not TOPIC_NAME.fullmatch(name):
+            return
+        rights = grants.topic_rights(name)
+        if not rights.read:
+            return
+        config = action.config
+        broadcast = config.get("broadcast") if isinstance(config.get("broadcast"), dict) else {}
+        presence = config.get("presence") if isinstance(config.get("presence"), dict) else {}
+        assert isinstance(broadcast, dict) and isinstance(presence, dict)
+        key = presence.get("key")
+        # Supabase's default key: one of its own per channel.
+        self._keys[(link, name)] = key if isinstance(key, str) and key else str(uuid.uuid1())
+        options = MemberOptions(
+            receive_own=broadcast.get("self") is True,
+            ack=broadcast.get("ack") is True,
+            presence=presence.get("enabled") is True,
         )
+        sink = PhoenixSink(link, action.topic, action.join_ref)
+        member = Member(
+            link,
+            name,
+            sink,
+            options,
+            can_track=rights.presence,
+            can_broadcast=rights.broadcast,
+        )
+        try:
+            self.node.realtime.join(member)
+        except ProtocolError as exc:
+            logger.info("%s: no presence or broadcast on %r: %s", link.peer, name, exc)
+            self._keys.pop((link, name), None)
+
+    def _left(self, link: PhoenixConnection, topic: str) -> None:
+        name = topic.removeprefix(TOPIC_PREFIX)
+        if self._keys.pop((link, name), None) is not None:
+            self.node.realtime.leave(link, name)
+
+    def extension(self, link: PhoenixConnection, action: Extension) -> None:
+        """A ``presence`` (track, untrack) or ``broadcast`` message on a joined channel."""
+        message = action.message
+        name = message.topic.removeprefix(TOPIC_PREFIX)
+        key = self._keys.get((link, name))
+        if key is None:
+            reason = f"{message.event} is not allowed on this channel for this token"
+            self._answer(link, message, "error", {"reason": reason})
+            return
+        payload: dict[str, Any] = message.payload
+        if message.event == "broadcast":
+            task = asyncio.ensure_future(self._broadcast(link, message, name, payload))
+            self._broadcasts.add(task)
+            task.add_done_callback(self._broadcast_done)
+            return
+        realtime = self.node.realtime
+        try:
+            if payload.get("event") == "track":
+                realtime.track(link, name, key, payload.get("payload"))
+            elif payload.get("event") == "untrack":
+                realtime.untrack(link, name)
+            else:
+                raise ProtocolError("bad_request", "presence event must be track or untrack")
+        except ProtocolError as exc:
+            self._answer(link, message, "error", {"reason": f"{exc.code}: {exc.message}"})
+            return
+        self._answer(link, message, "ok", {})
+
+    async def _broadcast(
+        self, link: PhoenixConnection, message: Message, name: str, payload: dict[str, Any]
+    ) -> None:
+        member = self.node.realtime.topics.get(link, name)
+        event = payload.get("event")
+        try:
+            await self.node.realtime.broadcast(
+                name, event if isinstance(event, str) else "", payload.get("payload"), sender=link
+            )
+        except ProtocolError as exc:
+            self._answer(link, message, "error", {"reason": f"{exc.code}: {exc.message}"})
+            return
+        if member is not None and member.options.ack:  # as Supabase: a reply only with ack
+            self._answer(link, message, "ok", {})
+
+    def _broadcast_done(self, task: asyncio.Task[None]) -> None:
+        self._broadcasts.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("a Supabase broadcast failed", exc_info=task.exception())
+
+    def _answer(self, link: PhoenixConnection, message: Message, status: str, body: Any) -> None:
+        if not link.conn.is_open:
+            return
+        answer = frames.reply(message.topic, message.ref, message.join_ref, status, body)
         link.conn.send(frames.encode(answer, link.session.vsn))
 
     # what the Phoenix sessions read from the catalog -----------------------------------------
