@@ -80,6 +80,8 @@ class PhoenixConnection:
         for action in self.session.change(prefix, body):
             if isinstance(action, Reply):
                 self.conn.queue_message(b"", action.frame)
+            else:  # the join answered just before a resume's first change: its Joined
+                self.endpoint.carry_out(self, [action])
 
     def queue_message(self, prefix: bytes, body: bytes) -> None:
         """Raw NOTIFY channels have no Supabase counterpart: nothing subscribes to them."""

@@ -59,3 +59,12 @@ export function subscribed(channel, ms = 10000) {
     })
   })
 }
+
+// Leave every channel and close the socket now (supabase-js would otherwise keep it
+// open for a while, and node would wait for it before exiting).
+export async function done(...clients) {
+  for (const c of clients) {
+    await c.removeAllChannels()
+    await c.realtime.disconnect()
+  }
+}

@@ -2,7 +2,7 @@
 // without a filter, values converted by supabase-js from the PostgreSQL type names.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { client, sql, subscribed, waiter } from './helpers.mjs'
+import { client, done, sql, subscribed, waiter } from './helpers.mjs'
 
 test('INSERT, UPDATE and DELETE reach an unfiltered and a filtered binding', async () => {
   await sql('reset')
@@ -67,7 +67,7 @@ test('INSERT, UPDATE and DELETE reach an unfiltered and a filtered binding', asy
   assert.deepEqual(del.new, {})
   assert.equal(del.old.id, inserted.id)
   assert.ok(filtered.every((p) => (p.new.merchant_id ?? p.old.merchant_id) === 10))
-  await supabase.removeAllChannels()
+  await done(supabase)
 })
 
 test('a binding for one event gets only that event', async () => {
@@ -93,5 +93,5 @@ test('a binding for one event gets only that event', async () => {
       ['INSERT', second.id],
     ]
   )
-  await supabase.removeAllChannels()
+  await done(supabase)
 })

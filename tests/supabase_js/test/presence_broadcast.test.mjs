@@ -1,7 +1,7 @@
 // Presence and broadcast between two unmodified supabase-js clients on one topic.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { client, subscribed, waiter } from './helpers.mjs'
+import { client, done, subscribed, waiter } from './helpers.mjs'
 
 function keys(channel) {
   return Object.keys(channel.presenceState()).sort()
@@ -42,7 +42,7 @@ test('presence syncs between two clients, and one that disconnects leaves', asyn
   // Untrack takes Alice out of her own view too.
   assert.equal(await roomA.untrack(), 'ok')
   await until(() => (keys(roomA).length === 0 ? true : undefined), 10000, 'untrack')
-  await alice.removeAllChannels()
+  await done(alice, bob)
 })
 
 test('broadcast reaches the other client, and the sender only with self', async () => {
@@ -75,6 +75,5 @@ test('broadcast reaches the other client, and the sender only with self', async 
   await until(() => (got.alice.length >= 2 ? true : undefined), 10000, "bob's broadcast")
   assert.deepEqual(got.alice[1].payload, { from: 'bob' })
   assert.equal(got.bob.length, 1) // no self: bob does not get his own
-  await alice.removeAllChannels()
-  await bob.removeAllChannels()
+  await done(alice, bob)
 })
