@@ -132,3 +132,23 @@ async def test_supabase_js_resumes_losslessly_with_pgcast_since(
                 "PGCAST_LIVE_CONTROL": control,
             }
             await run_node(["test/resume.test.mjs"], env)
+
+
+async def test_supabase_js_presence_and_broadcast_across_two_nodes(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    await conn.execute(TABLE)
+    await track(conn, parse_table_name("orders"))
+    log: list[str] = []
+    async with (
+        running_gateway(database_url) as first,
+        running_gateway(database_url) as second,
+        control_server(conn, log) as control,
+    ):
+        env = {
+            "PGCAST_SUPABASE_URL": f"http://127.0.0.1:{first.port}",
+            "PGCAST_SUPABASE_URL_2": f"http://127.0.0.1:{second.port}",
+            "PGCAST_LIVE_CONTROL": control,
+        }
+        output = await run_node(["test/two_nodes.test.mjs"], env)
+        assert "skipped 0" in output, output

@@ -10,8 +10,9 @@ export const VSN = process.env.PGCAST_SUPABASE_VSN || '2.0.0'
 
 if (!URL || !CONTROL) throw new Error('PGCAST_SUPABASE_URL and PGCAST_LIVE_CONTROL must be set')
 
-export function client(options = {}) {
-  return createClient(URL, KEY, {
+// `url`: another gateway node of the same database (PGCAST_SUPABASE_URL_2), say.
+export function client(options = {}, url = URL) {
+  return createClient(url, KEY, {
     realtime: { transport: WebSocket, vsn: VSN, timeout: 10000, ...options },
     auth: { persistSession: false, autoRefreshToken: false },
   })
