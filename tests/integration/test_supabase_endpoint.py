@@ -55,6 +55,7 @@ class Phoenix:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.ref = 0
+        self.skipped: list[list[Any]] = []  # read while waiting for something else
 
     async def push(self, topic: str, event: str, payload: Any, join_ref: str | None = "1") -> str:
         self.ref += 1
@@ -67,6 +68,10 @@ class Phoenix:
         return message
 
     async def until(self, event: str, topic: str | None = None) -> list[Any]:
+        for message in self.skipped:
+            if message[3] == event and (topic is None or message[2] == topic):
+                self.skipped.remove(message)
+                return message
         async with asyncio.timeout(TIMEOUT):
             while True:
                 message = await self.recv()
@@ -80,6 +85,7 @@ class Phoenix:
                 if message[3] == "phx_reply" and message[1] == ref:
                     payload: dict[str, Any] = message[4]
                     return payload
+                self.skipped.append(message)
 
     async def join(self, topic: str, bindings: list[Any], **payload: Any) -> dict[str, Any]:
         config = {"postgres_changes": bindings}
@@ -267,3 +273,50 @@ async def test_the_asgi_app_serves_the_endpoint_too(
                 {"name": "merchant_id", "type": "int4"},
                 {"name": "note", "type": "text"},
             ]
+
+
+async def test_presence_and_broadcast_refusals_are_clear_and_bounded(
+    database_url: str, orders: asyncpg.Connection
+) -> None:
+    async with running_gateway(database_url) as gateway, phoenix(gateway) as client:
+        config = {"presence": {"key": "k", "enabled": True}, "broadcast": {"ack": True}}
+        ref = await client.push("realtime:room", "phx_join", {"config": config})
+        assert (await client.reply(ref))["status"] == "ok"
+        state = await client.until("presence_state")
+        assert state[4] == {}
+
+        async def push(event: str, payload: Any) -> dict[str, Any]:
+            return await client.reply(await client.push("realtime:room", event, payload))
+
+        big = {"type": "presence", "event": "track", "payload": {"blob": "x" * 10_000}}
+        refused = await push("presence", big)
+        assert refused["status"] == "error"
+        assert refused["response"]["reason"].startswith("payload_too_large")
+        not_a_map = await push("presence", {"type": "presence", "event": "track", "payload": [1]})
+        assert "must be a JSON object" in not_a_map["response"]["reason"]
+        odd = await push("presence", {"type": "presence", "event": "dance"})
+        assert "track or untrack" in odd["response"]["reason"]
+        tracked = await push(
+            "presence", {"type": "presence", "event": "track", "payload": {"a": 1}}
+        )
+        assert tracked["status"] == "ok"
+        diff = await client.until("presence_diff")
+        assert list(diff[4]["joins"]) == ["k"] and diff[4]["leaves"] == {}
+        # A flood of tracks meets presence_rate (5 per second) with error replies.
+        floods = [
+            await push("presence", {"type": "presence", "event": "track", "payload": {"n": n}})
+            for n in range(20)
+        ]
+        assert any(r["response"].get("reason", "").startswith("rate_limited") for r in floods)
+        huge = {"type": "broadcast", "event": "e", "payload": {"blob": "x" * 70_000}}
+        assert (await push("broadcast", huge))["response"]["reason"].startswith("payload_too_large")
+        no_event = await push("broadcast", {"type": "broadcast", "payload": {}})
+        assert no_event["response"]["reason"].startswith("bad_request")
+        statuses = [
+            (await push("broadcast", {"type": "broadcast", "event": "e", "payload": {}}))["status"]
+            for _ in range(80)
+        ]
+        assert "ok" in statuses and "error" in statuses  # broadcast_rate: 50 per second
+        # Still served: a heartbeat is answered.
+        heartbeat = await client.reply(await client.push("phoenix", "heartbeat", {}, None))
+        assert heartbeat["status"] == "ok"

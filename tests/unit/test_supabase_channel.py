@@ -18,6 +18,8 @@ from pgcast.supabase.channel import (
     Close,
     Extension,
     Forward,
+    Joined,
+    Left,
     PhoenixSession,
     Reply,
 )
@@ -411,3 +413,19 @@ def test_join_floods_and_channel_counts_are_bounded() -> None:
 )
 def test_filters_are_translated(supabase: str, pgcast: str) -> None:
     assert changes.supabase_filter(supabase) == pgcast
+
+
+def test_presence_and_broadcast_start_after_the_join_reply_and_stop_at_leave() -> None:
+    s = session()
+    actions = join(s, "realtime:room", [{"event": "*", "schema": "public", "table": "orders"}])
+    assert not any(isinstance(a, Joined) for a in actions)  # not before the reply
+    reply, joined, _system = subscribed(s, "sb1")
+    assert isinstance(reply, Reply) and isinstance(joined, Joined)
+    assert (joined.topic, joined.join_ref) == ("realtime:room", "1")
+    actions = s.receive(frame("1", "9", "realtime:room", "phx_leave", {}))
+    assert any(isinstance(a, Left) and a.topic == "realtime:room" for a in actions)
+    # A join refused before its reply never joined: nothing to leave.
+    s = session()
+    join(s, "realtime:other", [{"event": "*", "schema": "public", "table": "orders"}])
+    error = {"type": "error", "id": "sb1", "code": "forbidden", "message": "no"}
+    assert not any(isinstance(a, Left) for a in s.from_gateway(orjson.dumps(error)))
