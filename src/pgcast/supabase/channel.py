@@ -14,7 +14,8 @@ runs behind it:
   "Subscribed to PostgreSQL";
 * ``access_token`` becomes a pgcast ``auth`` (same subject; grants re-applied);
 * ``phx_leave`` unsubscribes; ``broadcast`` and ``presence`` go to the glue
-  (:class:`Extension`);
+  (:class:`Extension`), which runs them through :mod:`pgcast.realtime` for the
+  channels it made members of their topic (:class:`Joined`, :class:`Left`);
 * pgcast's answers (``subscribed``, ``error``, ``resync``) and changes come back as
   ``phx_reply``, ``system`` and ``postgres_changes`` messages.
 
@@ -35,7 +36,7 @@ import orjson
 from ..events import subscription_prefix
 from ..exceptions import ProtocolError
 from ..protocol import CloseCode, ErrorCode
-from ..session import RateLimit
+from ..rate_limit import RateLimit
 from . import frames
 from .changes import POSITION_PREFIX, Binding, Tables, change_data, parse_bindings
 from .frames import Message, Vsn

@@ -6,7 +6,9 @@ native server or the ASGI app, whichever carries it) is wrapped in a
 it is an ordinary connection with an ordinary pgcast session (authentication,
 grants, row rules, rate limits, catch-ups, slow-consumer closes); the
 :class:`pgcast.supabase.channel.PhoenixSession` beside it translates the frames both
-ways. This module only carries out the actions the session returns.
+ways. This module only carries out the actions the session returns, and makes each
+joined channel a member of its topic in :mod:`pgcast.realtime` (presence and
+broadcast, shared with pgcast's own clients and every node).
 """
 
 from __future__ import annotations
