@@ -40,6 +40,7 @@ __all__ = [
     "Binding",
     "binding_id",
     "change_data",
+    "encoded_change",
     "parse_bindings",
     "supabase_filter",
 ]
@@ -223,3 +224,33 @@ def change_data(body: bytes, columns: Callable[[str, str], bytes]) -> tuple[str,
     if op in ("UPDATE", "DELETE"):
         data["old_record"] = change["old_record"] or {}
     return str(change["id"]), data
+
+
+# The last changes encoded, by their pgcast body: a change dispatched to many Supabase
+# subscribers shares one body (pgcast.node.dispatch), so it is parsed and encoded once.
+# Bounded in bytes; a body past CACHE_BODY_BYTES is encoded per subscriber.
+CACHE_BYTES = 16 * 1024 * 1024
+CACHE_BODY_BYTES = 1024 * 1024
+_encoded: dict[bytes, tuple[str, orjson.Fragment]] = {}
+_encoded_bytes = 0
+
+
+def encoded_change(
+    body: bytes, columns: Callable[[str, str], bytes]
+) -> tuple[str, orjson.Fragment]:
+    """``(change id, data encoded)``: :func:`change_data`, memoized for shared bodies."""
+    global _encoded_bytes
+    found = _encoded.get(body)
+    if found is not None:
+        return found
+    change_id, data = change_data(body, columns)
+    encoded = orjson.dumps(data)
+    result = (change_id, orjson.Fragment(encoded))
+    size = len(body) + len(encoded)
+    if size <= CACHE_BODY_BYTES:
+        if _encoded_bytes + size > CACHE_BYTES:
+            _encoded.clear()
+            _encoded_bytes = 0
+        _encoded[body] = result
+        _encoded_bytes += size
+    return result

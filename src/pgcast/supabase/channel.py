@@ -38,7 +38,7 @@ from ..exceptions import ProtocolError
 from ..protocol import CloseCode, ErrorCode
 from ..rate_limit import RateLimit
 from . import frames
-from .changes import POSITION_PREFIX, Binding, Tables, change_data, parse_bindings
+from .changes import POSITION_PREFIX, Binding, Tables, encoded_change, parse_bindings
 from .frames import Message, Vsn
 
 __all__ = [
@@ -351,7 +351,7 @@ class PhoenixSession:
         channel = self.channels.get(topic) if topic is not None else None
         if channel is None or sub_id is None:
             return []
-        change_id, data = change_data(body, self.columns)
+        change_id, data = encoded_change(body, self.columns)
         actions: list[Action] = [] if channel.replied else self._answer_join(channel)
         payload = {"ids": [channel.subs[sub_id]], "data": data}
         ref = POSITION_PREFIX + change_id
