@@ -10,6 +10,7 @@
 // - mirror.js: TableMirror (snapshot + changes by primary key) and watchTable;
 // - urls.js: the gateway's WebSocket and SSE URLs;
 // - subscription.js: Subscription (resume position, duplicate ids), Channel;
+// - topic.js: Topic (presence and broadcast on one topic), applyPresenceDiff;
 // - position.js: a snapshot position and the changes it already holds (pure);
 // - client.js: Client, the connection model every transport shares, and the per-URL registry;
 // - websocket-transport.js, sse-transport.js: the two transports;
@@ -23,5 +24,6 @@ export { DEFAULT_BACKOFF, backoff, backoffDelay, closeAction } from './src/backo
 export { FILTER_OPERATORS, parseFilter, matchesFilter } from './src/filters.js';
 export { TableMirror } from './src/mirror.js';
 export { RecentIds } from './src/subscription.js';
+export { Topic, applyPresenceDiff } from './src/topic.js';
 export { normalizeUrl, sseUrl } from './src/urls.js';
 export { Client, createClient, getClient, closeAllClients } from './src/client.js';

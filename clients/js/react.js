@@ -1,5 +1,6 @@
 // React hooks over the pgcast client: useTable (a live mirror), useChanges
-// (callbacks), useChannel (raw NOTIFY channels), useGatewayStatus.
+// (callbacks), useChannel (raw NOTIFY channels), usePresence and useBroadcast
+// (topics), useGatewayStatus.
 //
 // Every hook uses the shared client of its URL (`getClient`), so all components
 // on a page share one connection per gateway. Callbacks are read through refs:
@@ -254,4 +255,109 @@ export function useChannel(name, onMessage, options = {}) {
 
   const publish = useCallback((payload) => channel.publish(payload), [channel]);
   return { publish, status, error: error || client.error };
+}
+
+// -- topics: presence and broadcast -------------------------------------------------
+
+/** @type {WeakMap<import('./pgcast.js').Topic, number>} components using each topic */
+const topicUsers = new WeakMap();
+
+/**
+ * The client's topic `name`, shared by every component that uses it; left when the
+ * last one unmounts. Options apply when the topic is first joined.
+ * @param {import('./pgcast.js').Client} client
+ * @param {string} name
+ * @param {import('./pgcast.js').TopicOptions} options
+ */
+function useTopic(client, name, options) {
+  const optionsRef = useRef(options);
+  optionsRef.current = options;
+  const [topic, setTopic] = useState(() => client.topic(name, options));
+  useEffect(() => {
+    let current = topic;
+    if (current.name !== name || current.state === 'closed' || current._client !== client) {
+      current = client.topic(name, optionsRef.current);
+      setTopic(current);
+    }
+    topicUsers.set(current, (topicUsers.get(current) || 0) + 1);
+    return () => {
+      const users = (topicUsers.get(current) || 1) - 1;
+      topicUsers.set(current, users);
+      if (users === 0) current.close();
+    };
+  }, [client, name]); // eslint-disable-line react-hooks/exhaustive-deps
+  return topic;
+}
+
+/**
+ * @typedef {ConnectionOptions & {state?: Record<string, unknown>, key?: string}} UsePresenceOptions
+ * `state`: tracked while the component is mounted (re-tracked when it changes by
+ * value); omit it to only watch. `key`: the presence key (default: the token's
+ * subject, else an id of the connection).
+ */
+
+/**
+ * The presence of topic `name` on every gateway node: `{presence, track, untrack,
+ * status, error}`. `presence` is `{key: {metas: [...]}}` and a new object on each change.
+ * @param {string} name
+ * @param {UsePresenceOptions} [options]
+ * @returns {{presence: import('./pgcast.js').PresenceState, track: (state: Record<string, unknown>) => void, untrack: () => void, status: Status, error: PgcastError | null}}
+ */
+export function usePresence(name, options = {}) {
+  const { state, key } = options;
+  const client = useClient(options);
+  const status = useStatus(client);
+  const topic = useTopic(client, name, { presence: true });
+  const [error, setError] = useState(null);
+  const subscribe = useCallback((onChange) => topic.on('sync', onChange), [topic]);
+  const read = useCallback(() => topic.presence, [topic]);
+  const presence = useSyncExternalStore(subscribe, read, read);
+  const stateKey = state === undefined ? undefined : JSON.stringify(state);
+
+  useEffect(() => topic.on('error', (e) => setError(e)), [topic]);
+  useEffect(() => {
+    if (stateKey === undefined) return undefined;
+    topic.track(JSON.parse(stateKey), key === undefined ? {} : { key });
+    return () => {
+      if (topic.state !== 'closed') topic.untrack();
+    };
+  }, [topic, stateKey, key]);
+
+  const track = useCallback((next) => topic.track(next, key === undefined ? {} : { key }), [topic, key]);
+  const untrack = useCallback(() => topic.untrack(), [topic]);
+  return { presence, track, untrack, status, error: error || client.error };
+}
+
+/**
+ * @typedef {ConnectionOptions & {self?: boolean, ack?: boolean}} UseBroadcastOptions
+ */
+
+/**
+ * Broadcasts on topic `name`: `onBroadcast(event, payload)` for each one (null: only
+ * send). Returns `{send, status, error}`; `send(event, payload)` is stable across
+ * renders and returns a Promise (see Topic.broadcast).
+ * @param {string} name
+ * @param {((event: string, payload: unknown) => void) | null | undefined} onBroadcast
+ * @param {UseBroadcastOptions} [options]
+ * @returns {{send: (event: string, payload: unknown) => Promise<void>, status: Status, error: PgcastError | null}}
+ */
+export function useBroadcast(name, onBroadcast, options = {}) {
+  const client = useClient(options);
+  const status = useStatus(client);
+  const topic = useTopic(client, name, { presence: false, self: !!options.self, ack: !!options.ack });
+  const [error, setError] = useState(null);
+  const handlerRef = useRef(onBroadcast);
+  handlerRef.current = onBroadcast;
+
+  useEffect(() => {
+    const offError = topic.on('error', (e) => setError(e));
+    const offBroadcast = topic.on('broadcast', (event, payload) => handlerRef.current && handlerRef.current(event, payload));
+    return () => {
+      offError();
+      offBroadcast();
+    };
+  }, [topic]);
+
+  const send = useCallback((event, payload) => topic.broadcast(event, payload), [topic]);
+  return { send, status, error: error || client.error };
 }

@@ -28,12 +28,14 @@ import orjson
 from . import __version__, cors
 from . import routes as route_table
 from .auth import AuthConfig, load_auth_config
+from .broadcast_api import PATH as BROADCAST_PATH
 from .config import Settings, load_settings
 from .exceptions import PgcastError
 from .hooks import ChangeHooks, HookFunction
 from .server import Gateway
 from .transports import Refusal, RequestHead
 from .transports.asgi import AsgiStreamSink, AsgiWebSocket, Receive, Scope, Send
+from .transports.http import MAX_BODY_BYTES
 from .transports.sse import SseConnection
 from .transports.websocket import refusal_body
 
@@ -75,6 +77,12 @@ class PgcastASGI:
                 hint="run its lifespan: FastAPI(lifespan=pgcast_app.lifespan)",
             )
         return self._gateway
+
+    async def broadcast(self, topic: str, event: str, payload: object) -> None:
+        """Send ``event`` with ``payload`` (JSON) to every member of ``topic`` on every
+        gateway node (from a request handler of the embedding app, say); see
+        :meth:`pgcast.node.Node.broadcast`."""
+        await self.gateway.broadcast(topic, event, payload)
 
     def on_change(
         self, table: str, *, schema: str | None = None, events: tuple[str, ...] | None = None
@@ -195,6 +203,8 @@ class PgcastASGI:
             await self._sse(gateway, scope, receive, send)
             return
         found = route_table.answer(gateway, path)
+        if path == BROADCAST_PATH and scope["method"] != "OPTIONS":
+            found = await _broadcast(gateway, scope, receive)
         if found is None:
             found = route_table.index("") if path in ("/", "") else route_table.not_found()
         extra = gateway.cors_headers(_request_head(scope))
@@ -274,6 +284,28 @@ def asgi_app(
 
 
 # helpers ------------------------------------------------------------------------------
+
+
+async def _broadcast(gateway: Gateway, scope: Scope, receive: Receive) -> route_table.Answer:
+    """``POST /api/broadcast`` (see pgcast.broadcast_api); the body read up to its limit."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return route_table.Answer(400, b'{"error":"bad_request"}')
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            body = orjson.dumps({"error": "payload_too_large", "message": "body over 1 MiB"})
+            return route_table.Answer(413, body)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    head = _request_head(scope)
+    return await gateway.broadcast_endpoint.answer(
+        scope["method"], head.target, list(head.headers), b"".join(chunks)
+    )
 
 
 def _route_path(scope: Scope) -> str:

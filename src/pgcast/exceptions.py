@@ -17,7 +17,8 @@
         ├── SubscriptionRefused   the gateway answered subscribe with error (not retried)
         ├── ConnectionRejected    close code 4500-4999 or HTTP 401/403: no reconnect
         ├── FrameTooBig           close 1009 while a subscribe was unanswered
-        └── ClientClosed          subscribing on a closed client
+        ├── ClientClosed          subscribing on a closed client
+        └── TopicError            a topic message refused, or a broadcast not sent
 
 Every error carries a message that says what went wrong and, where there is one,
 a hint that says how to fix it.
@@ -79,6 +80,7 @@ class ProtocolError(PgcastError):
         super().__init__(message, hint=hint)
         self.code = code
         self.sub_id: str | None = None  # the refused message's id, when it had a valid one
+        self.topic: str | None = None  # the refused topic message's topic, when it had one
 
 
 class FilterError(ProtocolError):
@@ -158,3 +160,13 @@ class FrameTooBig(ClientError):
 
 class ClientClosed(ClientError):
     """The client was closed; it cannot subscribe any more."""
+
+
+class TopicError(ClientError):
+    """The gateway refused a topic message (``code``: its wire code), or a broadcast
+    could not be sent (``offline``, ``closed``)."""
+
+    def __init__(self, code: str, message: str, *, topic: str) -> None:
+        super().__init__(f"topic {topic}: {code}: {message}")
+        self.code = code
+        self.topic = topic

@@ -129,6 +129,7 @@ class Node:
             heartbeat_interval=settings.presence_heartbeat,
             node_timeout=settings.presence_timeout,
         )
+        self.realtime.register_metrics(self.metrics_registry)
 
     @property
     def clients(self) -> dict[Connection, Client]:

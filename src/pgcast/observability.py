@@ -115,6 +115,7 @@ def health(self: Node) -> dict[str, Any]:
         },
         "lag_seconds": listener.lag_seconds,
         "catch_up": self.catch_ups.health(),
+        "realtime": self.realtime.health(),
         "changes_in": self.changes_in,
         "deliveries_out": self.deliveries_out + self.catch_ups.deliveries,
         "uptime_seconds": round(time.time() - self.started_at, 3),

@@ -70,6 +70,7 @@ class Presence:
         self._topics: dict[str, dict[str, Entry]] = {}  # topic -> ref -> entry
         self._nodes: dict[str, dict[str, Entry]] = {}  # node -> ref -> entry
         self._local: dict[tuple[object, str], Entry] = {}  # (owner, topic) -> entry
+        self._owners: dict[object, set[str]] = {}  # owner -> topics it tracks on
 
     # this node's entries ---------------------------------------------------------------
 
@@ -83,6 +84,7 @@ class Presence:
             leaves = (old,)
         entry = Entry(topic, key, f"{self.node}.{next(self._refs)}", self.node, state, owner)
         self._local[(owner, topic)] = entry
+        self._owners.setdefault(owner, set()).add(topic)
         self._add(entry)
         return Diff(topic, (entry,), leaves)
 
@@ -91,13 +93,17 @@ class Presence:
         entry = self._local.pop((owner, topic), None)
         if entry is None:
             return Diff(topic)
+        topics = self._owners.get(owner)
+        if topics is not None:
+            topics.discard(topic)
+            if not topics:
+                del self._owners[owner]
         self._remove(entry)
         return Diff(topic, leaves=(entry,))
 
     def untrack_owner(self, owner: object) -> list[Diff]:
         """``owner``'s connection closed: every entry of it leaves."""
-        topics = [topic for (who, topic) in self._local if who == owner]
-        return [self.untrack(owner, topic) for topic in topics]
+        return [self.untrack(owner, topic) for topic in sorted(self._owners.get(owner, ()))]
 
     def tracked(self, owner: object, topic: str) -> Entry | None:
         return self._local.get((owner, topic))

@@ -36,6 +36,7 @@ from .auth.limits import Limits
 from .broadcast import Broadcast
 from .bus import Bus, LocalBus
 from .exceptions import BusError, ProtocolError
+from .metrics import Registry
 from .presence import Diff, Presence
 from .protocol import ErrorCode
 from .rate_limit import RateLimit
@@ -123,18 +124,59 @@ class Realtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        while self._outgoing is not None and not self._outgoing.empty():
+            _, _, waiter = self._outgoing.get_nowait()
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(BusError("the gateway is stopping"))
         await self.bus.close()
+
+    def register_metrics(self, registry: Registry) -> None:
+        registry.gauge(
+            "pgcast_topics", "Topics with members on this node.", lambda: len(self.topics)
+        )
+        registry.gauge(
+            "pgcast_presence_entries",
+            "Presence entries this node knows, of every node.",
+            lambda: len(self.presence),
+        )
+        registry.gauge(
+            "pgcast_presence_peers",
+            "Other gateway nodes heard on the bus.",
+            lambda: len(self.tracker.peers),
+        )
+        registry.counter(
+            "pgcast_broadcasts_total",
+            "Broadcasts accepted on this node.",
+            lambda: self.broadcasts_in,
+        )
+        registry.counter(
+            "pgcast_bus_errors_total",
+            "Bus messages that could not be sent (bus down or backed up).",
+            lambda: self.bus_errors,
+        )
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "peers": len(self.tracker.peers),
+            "topics": len(self.topics),
+            "presence_entries": len(self.presence),
+            "bus_errors": self.bus_errors,
+        }
 
     # memberships ---------------------------------------------------------------------------
 
-    def join(self, member: Member) -> None:
+    def join(self, member: Member, *, announce: Callable[[], None] | None = None) -> None:
         """Add ``member``; it receives the topic's presence state at once (if it asked
-        for presence). ProtocolError ``too_many_topics`` / ``duplicate_id``."""
+        for presence), after ``announce()`` (the transport's "joined" reply).
+        ProtocolError ``too_many_topics`` / ``duplicate_id``."""
         limit = self.limits.max_topics
         already = self.topics.get(member.owner, member.topic) is not None
         if limit and not already and self.topics.joined(member.owner) >= limit:
             raise ProtocolError(ErrorCode.TOO_MANY_TOPICS, f"at most {limit} topics per connection")
         self.topics.add(member)
+        if announce is not None:
+            announce()
         if member.options.presence:
             member.sink.presence_state(member.topic, self.presence.state(member.topic))
 
@@ -196,6 +238,11 @@ class Realtime:
         self._member(owner, topic)
         if not self._rate(owner).presence.allow():
             raise ProtocolError(ErrorCode.RATE_LIMITED, "too many presence updates; slow down")
+        self._local_diffs([self.presence.untrack(owner, topic)])
+
+    def presence_left(self, owner: object, topic: str) -> None:
+        """Remove ``owner``'s presence on ``topic`` (no rate limit: the gateway's
+        decision, e.g. a refreshed token that may no longer track there)."""
         self._local_diffs([self.presence.untrack(owner, topic)])
 
     def state(self, topic: str) -> dict[str, Any]:
@@ -304,6 +351,10 @@ class Realtime:
             subject, data, done = await self._outgoing.get()
             try:
                 await self.bus.publish(subject, data)
+            except asyncio.CancelledError:
+                if done is not None and not done.done():
+                    done.set_exception(BusError("the gateway is stopping"))
+                raise
             except BusError as exc:
                 self.bus_errors += 1
                 logger.warning("bus publish on %r failed: %s", subject, exc)

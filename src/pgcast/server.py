@@ -18,6 +18,8 @@ from websockets.http11 import Response
 from . import cors
 from . import routes as route_table
 from .auth import AuthConfig
+from .broadcast_api import PATH as BROADCAST_PATH
+from .broadcast_api import BroadcastEndpoint
 from .browser_client import js_response
 from .bus import Bus
 from .config import Settings
@@ -53,6 +55,7 @@ class Gateway(Node):
         :class:`pgcast.node.Node`."""
         super().__init__(settings, dsn, auth=auth, bus=bus)
         self.routes = routes
+        self.broadcast_endpoint = BroadcastEndpoint(self)
         self._server: asyncio.Server | None = None
 
     async def start(
@@ -115,6 +118,10 @@ class Gateway(Node):
         answered as it answers them), then ``/js/`` and the index; CORS headers on the
         gateway's answers to the routes a page on another origin calls."""
         found = route_table.answer(self, request.path)
+        if request.path == BROADCAST_PATH and request.method != "OPTIONS":
+            found = await self.broadcast_endpoint.answer(
+                request.method, request.target, request.headers, request.body
+            )
         if found is None and self.routes is not None:
             response = await self.routes(request)
             if response is not None:
@@ -145,7 +152,19 @@ class Gateway(Node):
         return response
 
 
-_REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+}
 
 
 async def serve(

@@ -40,8 +40,10 @@ from .session_actions import (
     Refilter,
     ResolveTable,
     Send,
+    TopicRequest,
     Watch,
 )
+from .topic_protocol import BroadcastRequest, Join, Leave, Track, Untrack
 
 if TYPE_CHECKING:
     from .auth import AuthConfig, Grants, Identity, RowRule
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["RateLimit", "Session", "SessionPolicy", "SessionState", "restrict"]
 
 
+TOPIC_MESSAGES = (Join, Leave, Track, Untrack, BroadcastRequest)
 _INTERNAL_CHANNELS = frozenset({"pgcast", "pgcast_bus"})
 
 
@@ -101,6 +104,7 @@ class Session:
         # None until the client authenticated (a first `auth` message, when required).
         self.identity: Identity | None = None
         self.grants: Grants | None = None
+        self.presence_key: str | None = None  # of a `track` without a key, made once
         limits = policy.auth.limits
         self.subscribe_limit = RateLimit(limits.subscribe_rate, clock=policy.clock)
         self.publish_limit = RateLimit(limits.publish_rate, clock=policy.clock)
@@ -137,6 +141,8 @@ class Session:
                     Send(protocol.error(ErrorCode.UNAUTHORIZED, "authenticate first", None)),
                     Close(CloseCode.UNAUTHORIZED, "authenticate first: send an auth message"),
                 ]
+            if isinstance(message, TOPIC_MESSAGES):
+                return [TopicRequest(message)]
             sub_id = message.id
             if isinstance(message, Subscribe):
                 return self._subscribe(message)
@@ -151,7 +157,7 @@ class Session:
 
     def refused(self, sub_id: str | None, exc: ProtocolError) -> list[Action]:
         """The ``error`` answering a refused message (or a failed resolve / publish)."""
-        return [Send(protocol.error(exc.code, str(exc), sub_id or exc.sub_id))]
+        return [Send(protocol.error(exc.code, str(exc), sub_id or exc.sub_id, exc.topic))]
 
     def _refresh(self, token: str) -> list[Action]:
         """An `auth` message: authenticate, or swap in a fresh token for the same subject."""

@@ -168,6 +168,10 @@ class Topics:
     def get(self, owner: object, topic: str) -> Member | None:
         return self._by_owner.get(owner, {}).get(topic)
 
+    def of(self, owner: object) -> list[Member]:
+        """Every membership of ``owner``."""
+        return list(self._by_owner.get(owner, {}).values())
+
     def joined(self, owner: object) -> int:
         """How many topics ``owner`` has joined."""
         return len(self._by_owner.get(owner, ()))

@@ -852,6 +852,7 @@ def test_client_imports_no_gateway_module() -> None:
         "pgcast.client._connection",
         "pgcast.client._protocol",
         "pgcast.client._subscription",
+        "pgcast.client._topic",
         "pgcast.client.listen",
     }
     assert set(eval(loaded)) <= allowed

@@ -13,6 +13,7 @@ import { watchTable } from './mirror.js';
 import { SseTransport } from './sse-transport.js';
 import { Channel, Subscription, tableRequest } from './subscription.js';
 import { Outbox } from './outbox.js';
+import { Topic } from './topic.js';
 import { normalizeUrl } from './urls.js';
 import { WebSocketTransport } from './websocket-transport.js';
 
@@ -63,6 +64,8 @@ export class Client {
   _transport;
   /** @internal @type {() => void} stops watching the page's visibility */
   _unwatch;
+  /** @internal @type {Map<string, Topic>} joined topics by name */
+  _topics;
 
   /** @param {import('./types.js').ClientOptions} [options] */
   constructor(options = {}) {
@@ -83,6 +86,7 @@ export class Client {
     this.error = null;
     this._listeners = new Map();
     this._subs = new Map();
+    this._topics = new Map();
     this._outbox = new Outbox(o.queueSize, (error) => this._reportError(error));
     this._counter = 0;
     this._closed = false;
@@ -161,10 +165,51 @@ export class Client {
     return new Channel(this, name);
   }
 
+  /**
+   * Join a presence and broadcast topic (the same Topic for the same name until it
+   * is closed). Needs a WebSocket: over SSE its 'error' listeners get `not_supported`.
+   * @param {string} name
+   * @param {import('./types.js').TopicOptions} [options] apply when the topic is first joined
+   * @returns {Topic}
+   */
+  topic(name, options = {}) {
+    const existing = this._topics.get(name);
+    if (existing) return existing;
+    const topic = new Topic(this, name, options);
+    if (this._closed) {
+      topic.state = 'closed';
+      return topic;
+    }
+    this._topics.set(name, topic);
+    if (!this._transport.canPublish) {
+      queueMicrotask(() => topic._emit('error', new PgcastError('not_supported', 'presence and broadcast need a WebSocket connection; this client uses SSE')));
+    } else if (this.status === 'live') {
+      topic._rejoin();
+    }
+    return topic;
+  }
+
+  /** @internal @param {Topic} topic */
+  _forgetTopic(topic) {
+    if (this._topics.get(topic.name) === topic) this._topics.delete(topic.name);
+  }
+
+  /** @internal (transport) A frame of a topic (`topic` field). */
+  _topicFrame(frame) {
+    const topic = this._topics.get(String(frame.topic));
+    if (topic) topic._receive(frame);
+    else if (frame.type === 'error') this._onErrorFrame(frame);
+  }
+
   /** Close the connection and end every subscription. Final. */
   close() {
     if (this._closed) return;
     this._closed = true;
+    for (const topic of this._topics.values()) {
+      topic._disconnected();
+      topic.state = 'closed';
+    }
+    this._topics.clear();
     this._transport.stop(1000, 'client closed');
     this._forget();
     for (const sub of this._subs.values()) if (sub.state !== 'failed') sub.state = 'closed';
@@ -184,6 +229,7 @@ export class Client {
   /** @internal (transport) @param {Status} status */
   _setStatus(status) {
     if (this.status === status || this.status === 'closed') return;
+    if (status !== 'live') for (const topic of this._topics.values()) topic._disconnected();
     this.status = status;
     this._emit('status', status);
   }
@@ -269,6 +315,7 @@ export class Client {
       if (sub.state === 'pending' || sub.state === 'live') this._transport.subscribe(sub);
     }
     for (const { frame } of this._outbox.drain()) this._transport.send(frame);
+    if (this._transport.canPublish) for (const topic of this._topics.values()) topic._rejoin();
   }
 
   /**
@@ -329,6 +376,11 @@ export class Client {
     this._subs.clear();
     this._forget();
     this._setStatus('closed');
+    for (const topic of this._topics.values()) {
+      topic.state = 'closed';
+      topic._emit('error', error);
+    }
+    this._topics.clear();
     for (const sub of subs) sub._fail(error);
     this._outbox.fail(error, true);
     this._reportError(error);

@@ -188,6 +188,26 @@
  * @property {boolean} negate
  */
 
+// -- presence and broadcast ---------------------------------------------------------
+
+/**
+ * One tracked state as the gateway sends it: the state's fields and `phx_ref`.
+ * @typedef {{phx_ref: string} & Record<string, unknown>} PresenceMeta
+ */
+
+/**
+ * A topic's presence: key -> its metas (several when one key is tracked by several
+ * connections, e.g. one user in two tabs).
+ * @typedef {Record<string, {metas: PresenceMeta[]}>} PresenceState
+ */
+
+/**
+ * @typedef {object} TopicOptions
+ * @property {boolean} [presence] Receive the topic's presence (default true).
+ * @property {boolean} [self] Receive this client's own broadcasts (default false).
+ * @property {boolean} [ack] `broadcast()` resolves when the gateway acknowledged it (default false).
+ */
+
 // -- the transport seam ---------------------------------------------------------------
 
 /**

@@ -21,6 +21,7 @@ import { withToken } from './urls.js';
  */
 
 const WS_OPEN = 1;
+const TOPIC_FRAMES = new Set(['joined', 'left', 'presence_state', 'presence_diff', 'broadcast', 'ack', 'error']);
 
 function noop() {}
 
@@ -202,6 +203,10 @@ export class WebSocketTransport {
       return;
     }
     const kind = frame.type;
+    if (typeof frame.topic === 'string' && TOPIC_FRAMES.has(kind)) {
+      this._client._topicFrame(frame);
+      return;
+    }
     if (kind === 'change' || kind === 'message' || kind === 'resync' || kind === 'snapshot' || kind === 'subscribed') {
       // For a subscription already unsubscribed: nothing to do.
       const sub = this._byWire.get(String(kind === 'subscribed' ? frame.id : frame.sub));

@@ -306,6 +306,13 @@ export class FakeGateway extends EventEmitter {
 
   _dropSession(session) {
     this.sessions = this.sessions.filter((s) => s !== session);
+    for (const [name, { key, meta }] of session.tracked || []) {
+      for (const s of this.sessions) {
+        if (s.topics && s.topics.has(name) && s.topics.get(name).presence) {
+          s.send({ type: 'presence_diff', topic: name, joins: {}, leaves: { [key]: { metas: [meta] } } });
+        }
+      }
+    }
   }
 
   _handle(session, frame) {
@@ -319,12 +326,75 @@ export class FakeGateway extends EventEmitter {
         if (session.subs.delete(frame.id)) session.send({ type: 'unsubscribed', id: frame.id });
         else session.send({ type: 'error', id: frame.id, code: 'unknown_subscription', message: `no subscription ${frame.id}` });
         return;
+      case 'join':
+      case 'leave':
+      case 'track':
+      case 'untrack':
+      case 'broadcast':
+        return this._topic(session, frame);
       case 'publish':
       case 'auth':
         session.send({ type: 'error', id: typeof frame.id === 'string' ? frame.id : null, code: 'not_supported', message: `${frame.type} is not supported by this version` });
         return;
       default:
         session.send({ type: 'error', id: null, code: 'unknown_type', message: `unknown type ${frame.type}` });
+    }
+  }
+
+  // Presence and broadcast, as the real gateway answers them (one node).
+  _topic(session, frame) {
+    const name = frame.topic;
+    session.topics ??= new Map();
+    const refuse = (code, message) => session.send({ type: 'error', id: null, topic: name, code, message, ...(frame.ref ? { ref: frame.ref } : {}) });
+    const members = () => this.sessions.filter((s) => s.topics && s.topics.has(name));
+    const diff = (joins, leaves) => {
+      for (const s of members()) if (s.topics.get(name).presence) s.send({ type: 'presence_diff', topic: name, joins, leaves });
+    };
+    const entry = (s) => s.tracked && s.tracked.get(name);
+    const untrack = () => {
+      const old = entry(session);
+      if (!old) return;
+      session.tracked.delete(name);
+      diff({}, { [old.key]: { metas: [old.meta] } });
+    };
+    if (frame.type === 'join') {
+      if (session.topics.has(name)) return refuse('duplicate_id', `already joined topic '${name}'`);
+      const presence = frame.presence !== false;
+      session.topics.set(name, { presence, self: !!frame.self, ack: !!frame.ack });
+      session.send({ type: 'joined', topic: name, presence, track: true, broadcast: true });
+      if (presence) {
+        const state = {};
+        for (const s of members()) {
+          const e = entry(s);
+          if (e) (state[e.key] ??= { metas: [] }).metas.push(e.meta);
+        }
+        session.send({ type: 'presence_state', topic: name, state });
+      }
+      this.emit('topic', frame);
+      return;
+    }
+    if (!session.topics.has(name)) return refuse('unknown_topic', `join topic '${name}' first`);
+    this.emit('topic', frame);
+    if (frame.type === 'leave') {
+      untrack();
+      session.topics.delete(name);
+      session.send({ type: 'left', topic: name });
+    } else if (frame.type === 'track') {
+      untrack();
+      this.nextRef = (this.nextRef || 0) + 1;
+      const key = frame.key ?? `conn${this.allSessions.indexOf(session)}`;
+      const meta = { ...frame.state, phx_ref: `fake.${this.nextRef}` };
+      (session.tracked ??= new Map()).set(name, { key, meta });
+      diff({ [key]: { metas: [meta] } }, {});
+    } else if (frame.type === 'untrack') {
+      untrack();
+    } else if (frame.type === 'broadcast') {
+      if (this.options.refuseBroadcast) return refuse('rate_limited', 'too many broadcasts; slow down');
+      for (const s of members()) {
+        if (s === session && !s.topics.get(name).self) continue;
+        s.send({ type: 'broadcast', topic: name, event: frame.event, payload: frame.payload });
+      }
+      if (session.topics.get(name).ack) session.send({ type: 'ack', topic: name, ref: frame.ref ?? null });
     }
   }
 

@@ -6,9 +6,9 @@ import { EventEmitter } from 'node:events';
 import { createElement, useState } from 'react';
 import WebSocket from 'ws';
 import { closeAllClients, getClient } from '../pgcast.js';
-import { useTable, useChanges, useChannel } from '../react.js';
+import { useTable, useChanges, useChannel, usePresence, useBroadcast } from '../react.js';
 import { startGateway } from './fake-gateway.js';
-import { until } from './helpers.js';
+import { fastClient, until } from './helpers.js';
 
 // Quiet and synchronous enough for tests: no act() warnings, no deprecation notice.
 globalThis.IS_REACT_ACT_ENVIRONMENT = false;
@@ -158,4 +158,51 @@ test('useChannel: messages, publish (not_supported today), one connection shared
   const published = await session.waitFrame((f) => f.type === 'publish');
   assert.equal(published.payload, '{"hi":1}');
   assert.equal(gw.allSessions.length, 1, 'both hooks share one connection');
+});
+
+test('usePresence: tracks its state while mounted, sees the others, follows updates and leaves', async (t) => {
+  const gw = await setup(t);
+  const other = fastClient(gw);
+  t.after(() => other.close());
+  const probe = renderHook((props) => usePresence('room:1', { url: gw.url, key: 'me', state: { mood: props.mood || 'ok' } }));
+  await probe.wait((r) => r.presence.me && r.status === 'live');
+  assert.equal(probe.latest.presence.me.metas[0].mood, 'ok');
+  const room = other.topic('room:1');
+  room.track({ mood: 'busy' }, { key: 'them' });
+  await probe.wait((r) => r.presence.them);
+  probe.rerender({ mood: 'happy' });
+  await probe.wait((r) => r.presence.me && r.presence.me.metas[0].mood === 'happy');
+  assert.equal(probe.latest.presence.me.metas.length, 1, 'the update replaced the old state');
+  other.close();
+  await probe.wait((r) => !r.presence.them);
+  const left = new Promise((resolve) => gw.on('topic', (f) => f.type === 'leave' && resolve(f)));
+  probe.unmount();
+  assert.equal((await left).topic, 'room:1', 'the last user of the topic left it');
+});
+
+test('useBroadcast: receives the others\' broadcasts and sends its own; shares the topic with usePresence', async (t) => {
+  const gw = await setup(t);
+  const other = fastClient(gw);
+  t.after(() => other.close());
+  const events = new EventEmitter();
+  const got = [];
+  const heard = [];
+  const hooks = renderHook(() => ({
+    broadcast: useBroadcast('room:2', (event, payload) => got.push([event, payload]) && events.emit('got'), { url: gw.url }),
+    presence: usePresence('room:2', { url: gw.url }),
+  }));
+  t.after(() => hooks.unmount());
+  await hooks.wait((r) => r.broadcast.status === 'live');
+  const room = other.topic('room:2', { presence: false });
+  room.on('broadcast', (event, payload) => heard.push([event, payload]) && events.emit('heard'));
+  await new Promise((resolve) => room.on('joined', resolve));
+  await until(gw, 'topic', () => gw.sessions.filter((s) => s.topics && s.topics.has('room:2')).length === 2);
+  await room.broadcast('typing', { who: 'them' });
+  await until(events, 'got', () => got.length === 1);
+  assert.deepEqual(got[0], ['typing', { who: 'them' }]);
+  await hooks.latest.broadcast.send('typing', { who: 'me' });
+  await until(events, 'heard', () => heard.length === 1);
+  assert.deepEqual(heard[0], ['typing', { who: 'me' }]);
+  const joins = gw.allSessions.flatMap((s) => s.received).filter((f) => f.type === 'join' && f.topic === 'room:2');
+  assert.equal(joins.length, 2, 'one join per connection: the two hooks share the topic');
 });

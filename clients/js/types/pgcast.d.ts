@@ -4,5 +4,6 @@ export { DEFAULT_BACKOFF, backoff, backoffDelay, closeAction } from './src/backo
 export { FILTER_OPERATORS, parseFilter, matchesFilter } from './src/filters.js';
 export { TableMirror } from './src/mirror.js';
 export { RecentIds } from './src/subscription.js';
+export { Topic, applyPresenceDiff } from './src/topic.js';
 export { normalizeUrl, sseUrl } from './src/urls.js';
 export { Client, createClient, getClient, closeAllClients } from './src/client.js';

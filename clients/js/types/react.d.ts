@@ -92,3 +92,48 @@ export declare function useChannel(name: string, onMessage: ((payload: string, f
     status: Status;
     error: PgcastError | null;
 };
+export type UsePresenceOptions = ConnectionOptions & {
+    state?: Record<string, unknown>;
+    key?: string;
+};
+/**
+ * @typedef {ConnectionOptions & {state?: Record<string, unknown>, key?: string}} UsePresenceOptions
+ * `state`: tracked while the component is mounted (re-tracked when it changes by
+ * value); omit it to only watch. `key`: the presence key (default: the token's
+ * subject, else an id of the connection).
+ */
+/**
+ * The presence of topic `name` on every gateway node: `{presence, track, untrack,
+ * status, error}`. `presence` is `{key: {metas: [...]}}` and a new object on each change.
+ * @param {string} name
+ * @param {UsePresenceOptions} [options]
+ * @returns {{presence: import('./pgcast.js').PresenceState, track: (state: Record<string, unknown>) => void, untrack: () => void, status: Status, error: PgcastError | null}}
+ */
+export declare function usePresence(name: string, options?: UsePresenceOptions): {
+    presence: import('./pgcast.js').PresenceState;
+    track: (state: Record<string, unknown>) => void;
+    untrack: () => void;
+    status: Status;
+    error: PgcastError | null;
+};
+export type UseBroadcastOptions = ConnectionOptions & {
+    self?: boolean;
+    ack?: boolean;
+};
+/**
+ * @typedef {ConnectionOptions & {self?: boolean, ack?: boolean}} UseBroadcastOptions
+ */
+/**
+ * Broadcasts on topic `name`: `onBroadcast(event, payload)` for each one (null: only
+ * send). Returns `{send, status, error}`; `send(event, payload)` is stable across
+ * renders and returns a Promise (see Topic.broadcast).
+ * @param {string} name
+ * @param {((event: string, payload: unknown) => void) | null | undefined} onBroadcast
+ * @param {UseBroadcastOptions} [options]
+ * @returns {{send: (event: string, payload: unknown) => Promise<void>, status: Status, error: PgcastError | null}}
+ */
+export declare function useBroadcast(name: string, onBroadcast: ((event: string, payload: unknown) => void) | null | undefined, options?: UseBroadcastOptions): {
+    send: (event: string, payload: unknown) => Promise<void>;
+    status: Status;
+    error: PgcastError | null;
+};

@@ -15,7 +15,8 @@ change it delivered, dropping replayed duplicates. Errors (all subclasses of
     ├── SubscriptionRefused   the gateway answered subscribe with error (not retried)
     ├── ConnectionRejected    close code 4500-4999 or HTTP 401/403: no reconnect
     ├── FrameTooBig           close 1009 while a subscribe was unanswered
-    └── ClientClosed          subscribing on a closed client
+    ├── ClientClosed          subscribing on a closed client
+    └── TopicError            a topic message refused, or a broadcast not sent
 
 The client never imports gateway modules.
 """
@@ -34,6 +35,8 @@ from pgcast.client._connection import (
     SubscriptionState,
     connect,
 )
+from pgcast.client._topic import Topic, TopicState, apply_presence_diff
+from pgcast.exceptions import TopicError
 
 __all__ = [
     "Client",
@@ -45,5 +48,9 @@ __all__ = [
     "Subscription",
     "SubscriptionRefused",
     "SubscriptionState",
+    "Topic",
+    "TopicError",
+    "TopicState",
+    "apply_presence_diff",
     "connect",
 ]

@@ -37,6 +37,7 @@ from pgcast.client._protocol import (
     normalize_url,
 )
 from pgcast.client._subscription import Subscription, SubscriptionState
+from pgcast.client._topic import TOPIC_FRAMES, Topic, TopicState
 from pgcast.exceptions import (
     ClientClosed,
     ClientError,
@@ -134,6 +135,7 @@ class Client:
         self._ws: ClientConnection | None = None
         self._activity = asyncio.Event()
         self._subs: dict[str, Subscription] = {}
+        self._topics: dict[str, Topic] = {}
         self._by_wire: dict[str, Subscription] = {}
         self._counter = 0
         self._position: str | None = None
@@ -193,6 +195,26 @@ class Client:
         """A raw NOTIFY channel subscription, yielding ``message`` frames."""
         return self._new_subscription("c", {"channel": name}, None)
 
+    async def topic(
+        self, name: str, *, presence: bool = True, receive_own: bool = False, ack: bool = False
+    ) -> Topic:
+        """Join presence and broadcast topic ``name`` (see :class:`Topic`); the same
+        Topic for the same name until it is left."""
+        topic = self._topics.get(name)
+        if topic is None or topic.state is TopicState.CLOSED:
+            topic = Topic(
+                name, self._send_live, presence=presence, receive_own=receive_own, ack=ack
+            )
+            self._topics[name] = topic
+            await topic._rejoin()  # sent now if live; else on connect
+        return topic
+
+    async def _send_live(self, frame: dict[str, Any]) -> bool:
+        if self._status is not ClientStatus.LIVE or self._ws is None:
+            return False
+        await self._send_quietly(self._ws, frame)
+        return True
+
     async def start(self) -> None:
         """Start connecting in the background (``async with`` does this)."""
         if self._started:
@@ -221,6 +243,8 @@ class Client:
             sub._end(SubscriptionState.CLOSED)
         self._subs.clear()
         self._by_wire.clear()
+        for topic in self._topics.values():
+            topic._end()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -321,6 +345,8 @@ class Client:
                     self._terminate(rejected)
                     return
                 self._set_status(ClientStatus.OFFLINE)
+                for topic in self._topics.values():
+                    topic._disconnected()
                 if self._delays is None:
                     self._delays = self._backoff_factory()
                 delay = next(self._delays)
@@ -450,6 +476,8 @@ class Client:
         try:
             for sub in resend:
                 await self._send_subscribe(sub, ws)
+            for topic in list(self._topics.values()):
+                await topic._rejoin()
             while True:
                 raw = await ws.recv()
                 self._activity.set()
@@ -480,7 +508,10 @@ class Client:
 
     async def _dispatch(self, frame: dict[str, Any], ws: ClientConnection) -> None:
         kind = frame.get("type")
-        if kind in ("change", "message", "resync", "snapshot"):
+        topic = self._topics.get(str(frame.get("topic"))) if kind in TOPIC_FRAMES else None
+        if topic is not None:
+            topic._receive(frame)
+        elif kind in ("change", "message", "resync", "snapshot"):
             sub = self._by_wire.get(str(frame.get("sub")))
             if sub is None:
                 return  # for a subscription already unsubscribed: ignore

@@ -200,10 +200,9 @@ class PhoenixEndpoint:
         if link is None:
             return False
         link.session.closed()
-        self.node.realtime.closed(link)  # its presences leave at once, on every node
         for key in [key for key in self._keys if key[0] is link]:
             del self._keys[key]
-        self.node.connections.closed(link)
+        self.node.connections.closed(link)  # its presences leave too, on every node
         return True
 
     # actions ------------------------------------------------------------------------
@@ -285,8 +284,10 @@ class PhoenixEndpoint:
 
     def _left(self, link: PhoenixConnection, topic: str) -> None:
         name = topic.removeprefix(TOPIC_PREFIX)
-        if self._keys.pop((link, name), None) is not None:
-            self.node.realtime.leave(link, name)
+        realtime = self.node.realtime
+        # A refreshed token may have taken the topic away already (topic_requests.rebind).
+        if self._keys.pop((link, name), None) is not None and realtime.topics.get(link, name):
+            realtime.leave(link, name)
 
     def extension(self, link: PhoenixConnection, action: Extension) -> None:
         """A ``presence`` (track, untrack) or ``broadcast`` message on a joined channel."""

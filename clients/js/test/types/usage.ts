@@ -15,7 +15,7 @@ import {
   getClient,
   parseFilter,
 } from '@pgcast/client';
-import { useChanges, useChannel, useTable } from '@pgcast/client/react';
+import { useBroadcast, useChanges, useChannel, usePresence, useTable } from '@pgcast/client/react';
 
 interface Order extends Record<string, unknown> {
   id: number;
@@ -51,6 +51,21 @@ const mirror = new TableMirror<Order>({ filter: 'status=eq.pending' });
 const refused: boolean = new FilterError('bad') instanceof PgcastError;
 const shared: Client = getClient('/ws', { heartbeatMs: 0 });
 
+const room = client.topic('room:1', { self: true, ack: true });
+room.track({ typing: false }, { key: 'alice' });
+const offBroadcast: () => void = room.on('broadcast', (event: string, payload: unknown) => void [event, payload]);
+const sent: Promise<void> = room.broadcast('cursor', { x: 1 });
+const here: string[] = Object.keys(room.presence);
+const refs: string[] = (room.presence.alice?.metas ?? []).map((meta) => meta.phx_ref);
+
+function Room() {
+  const { presence, track } = usePresence('room:1', { state: { online: true }, key: 'alice' });
+  const { send } = useBroadcast('room:1', (event: string) => void event, { self: false });
+  track({ typing: true });
+  const done: Promise<void> = send('typing', null);
+  return [Object.keys(presence), done];
+}
+
 function Orders() {
   const table: { rows: Order[]; ready: boolean } = useTable<Order>('orders', { filter: 'status=neq.cancelled' });
   const changes = useChanges<Order>('orders', { onInsert: (record: Order) => void record.id });
@@ -59,3 +74,4 @@ function Orders() {
 }
 
 void [status, transport, lastId, rows, id, delays, action, matches, mirror, refused, shared, Orders];
+void [offBroadcast, sent, here, refs, Room];

@@ -1,5 +1,6 @@
 import { PgcastError } from './errors.js';
 import { Channel, Subscription } from './subscription.js';
+import { Topic } from './topic.js';
 export type Row = import('./types.js').Row;
 export type Status = import('./types.js').Status;
 /**
@@ -54,6 +55,14 @@ export declare class Client {
      * @returns {Channel}
      */
     channel(name: string): Channel;
+    /**
+     * Join a presence and broadcast topic (the same Topic for the same name until it
+     * is closed). Needs a WebSocket: over SSE its 'error' listeners get `not_supported`.
+     * @param {string} name
+     * @param {import('./types.js').TopicOptions} [options] apply when the topic is first joined
+     * @returns {Topic}
+     */
+    topic(name: string, options?: import('./types.js').TopicOptions): Topic;
     /** Close the connection and end every subscription. Final. */
     close(): void;
 }

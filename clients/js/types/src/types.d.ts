@@ -228,6 +228,26 @@ export type FilterCondition = {
     values: readonly string[];
     negate: boolean;
 };
+export type PresenceMeta = {
+    phx_ref: string;
+} & Record<string, unknown>;
+export type PresenceState = Record<string, {
+    metas: PresenceMeta[];
+}>;
+export type TopicOptions = {
+    /**
+     * Receive the topic's presence (default true).
+     */
+    presence?: boolean;
+    /**
+     * Receive this client's own broadcasts (default false).
+     */
+    self?: boolean;
+    /**
+     * `broadcast()` resolves when the gateway acknowledged it (default false).
+     */
+    ack?: boolean;
+};
 export type Transport = {
     name: TransportName;
     /**
@@ -411,6 +431,21 @@ export type Transport = {
  * @property {'eq' | 'neq' | 'lt' | 'lte' | 'gt' | 'gte' | 'in' | 'is'} op
  * @property {readonly string[]} values
  * @property {boolean} negate
+ */
+/**
+ * One tracked state as the gateway sends it: the state's fields and `phx_ref`.
+ * @typedef {{phx_ref: string} & Record<string, unknown>} PresenceMeta
+ */
+/**
+ * A topic's presence: key -> its metas (several when one key is tracked by several
+ * connections, e.g. one user in two tabs).
+ * @typedef {Record<string, {metas: PresenceMeta[]}>} PresenceState
+ */
+/**
+ * @typedef {object} TopicOptions
+ * @property {boolean} [presence] Receive the topic's presence (default true).
+ * @property {boolean} [self] Receive this client's own broadcasts (default false).
+ * @property {boolean} [ack] `broadcast()` resolves when the gateway acknowledged it (default false).
  */
 /**
  * How a Client reaches the gateway. The client owns subscriptions, positions, the
