@@ -320,3 +320,31 @@ async def test_presence_and_broadcast_refusals_are_clear_and_bounded(
         # Still served: a heartbeat is answered.
         heartbeat = await client.reply(await client.push("phoenix", "heartbeat", {}, None))
         assert heartbeat["status"] == "ok"
+
+
+async def test_broadcasts_reach_2_0_0_clients_as_binary_frames_and_1_0_0_as_text(
+    database_url: str, orders: asyncpg.Connection
+) -> None:
+    async with (
+        running_gateway(database_url) as gateway,
+        phoenix(gateway) as sender,
+        phoenix(gateway) as binary_reader,
+    ):
+        for client in (sender, binary_reader):
+            assert (await client.join("realtime:room", []))["status"] == "ok"
+        url = f"ws://127.0.0.1:{gateway.port}/realtime/v1/websocket?vsn=1.0.0"
+        async with connect(url) as text_reader:
+            join = {"topic": "realtime:room", "event": "phx_join", "payload": {}, "ref": "1"}
+            await text_reader.send(orjson.dumps({**join, "join_ref": "1"}).decode())
+            joined = orjson.loads(await asyncio.wait_for(text_reader.recv(), TIMEOUT))
+            assert joined["payload"]["status"] == "ok"
+            # A binary push, as supabase-js 2.0.0 sends it (kind 3, JSON payload).
+            topic, event, body = b"realtime:room", b"cursor", b'{"x":1}'
+            header = bytes((3, 1, 1, len(topic), len(event), 0, 1))
+            await sender.ws.send(header + b"19" + topic + event + body)
+            frame = await asyncio.wait_for(binary_reader.ws.recv(), TIMEOUT)
+            assert isinstance(frame, bytes)
+            assert frame == bytes((4, len(topic), len(event), 0, 1)) + topic + event + body
+            text = orjson.loads(await asyncio.wait_for(text_reader.recv(), TIMEOUT))
+            assert text["event"] == "broadcast"
+            assert text["payload"] == {"type": "broadcast", "event": "cursor", "payload": {"x": 1}}

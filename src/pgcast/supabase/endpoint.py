@@ -14,6 +14,7 @@ broadcast, shared with pgcast's own clients and every node).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import urllib.parse
 import uuid
@@ -133,7 +134,20 @@ class PhoenixSink:
         self._send("presence_diff", {"joins": joins, "leaves": leaves}, self.join_ref)
 
     def broadcast(self, message: Broadcast) -> None:
-        # Sent as JSON text with either serializer (2.0.0 clients read text frames too).
+        conn = self.link.conn
+        send_binary = getattr(conn, "send_binary", None)
+        if self.link.session.vsn is Vsn.V2 and send_binary is not None:
+            # What the Supabase server sends 2.0.0 clients: a user broadcast frame (an
+            # event over 255 bytes does not fit one).
+            with contextlib.suppress(ValueError):
+                send_binary(
+                    frames.encode_user_broadcast(
+                        self.topic, message.event, message.payload_json, frames.Encoding.JSON
+                    )
+                )
+                return
+        # 1.0.0, or a transport without binary frames (ASGI): JSON text, which 2.0.0
+        # clients read too.
         payload = {
             "type": "broadcast",
             "event": message.event,
