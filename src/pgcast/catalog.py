@@ -34,6 +34,8 @@ class TableInfo:
     types: Mapping[str, str] = field(default_factory=dict)
     relid: int = 0
     whole: bool = False  # every column is tracked (no `pgcast track --columns`)
+    # (column, PostgreSQL type name) in column order: the Supabase endpoint's `columns`.
+    type_names: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,11 @@ SELECT c.oid::int8 AS relid, t.columns IS NULL AS whole, n.nspname AS schema, c.
                  a.atttypid)
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                AND (t.columns IS NULL OR a.attname::text = ANY(t.columns))
-             ORDER BY a.attnum) AS categories
+             ORDER BY a.attnum) AS categories,
+       ARRAY(SELECT ty.typname::text FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+               AND (t.columns IS NULL OR a.attname::text = ANY(t.columns))
+             ORDER BY a.attnum) AS type_names
 FROM pgcast.tracked t
 JOIN pg_class c ON c.oid = t.relid
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -117,6 +123,7 @@ class Catalog:
                     dict(zip(r["columns"], r["categories"], strict=True)),
                     r["relid"],
                     r["whole"],
+                    tuple(zip(r["columns"], r["type_names"], strict=True)),
                 )
                 for r in rows
             }

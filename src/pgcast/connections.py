@@ -152,6 +152,20 @@ class Connections:
                 self._authenticated(client, action)
         return client
 
+    def authenticate(self, conn: Connection, identity: Identity) -> str | None:
+        """Authenticate ``conn``, opened without a token, as ``identity`` (the token the
+        Supabase endpoint found in a first join); None, or why it may not."""
+        client = self.clients.get(conn)
+        if client is None:
+            return "the connection is closed"
+        if client.session.authenticated:
+            return None
+        if not self.admission.subject_fits(identity):
+            return "ConnectionRateLimitReached: too many connections for this subject"
+        for action in client.session.authenticate(identity):
+            self._authenticated(client, action)
+        return None
+
     def _authenticated(self, client: Client, action: act.Action) -> None:
         """Count the subject of a newly authenticated client; arm its expiry timer."""
         assert isinstance(action, act.Authenticated)

@@ -51,6 +51,7 @@ from .protocol import CloseCode
 from .realtime import Realtime
 from .schema_watch import check_rules, watch_catalog
 from .startup import connect_with_retry
+from .supabase import PhoenixEndpoint
 from .topics import check_topic
 from .transports import Connection, Refusal
 from .transports.pending import PendingRequests
@@ -97,6 +98,7 @@ class Node:
         )
         self.hub = Hub()
         self.connections = Connections(self)
+        self.phoenix = PhoenixEndpoint(self)  # /realtime/v1/websocket: supabase-js
         self.listener = Listener(
             dsn,
             on_changes=self.dispatch,
@@ -368,19 +370,27 @@ class Node:
     # transport callbacks (pgcast.transports.websocket.Application) -------------------------
 
     def admit(self, conn: Connection) -> Refusal | None:
-        return self.admission.admit(conn)
+        return self.phoenix.vet(conn) or self.admission.admit(conn)
 
     def opened(self, conn: Connection) -> None:
-        self.connections.opened(conn)
+        if self.phoenix.serves(conn):
+            self.phoenix.opened(conn)
+        else:
+            self.connections.opened(conn)
 
     def opened_stream(self, conn: Connection, subscribe: dict[str, Any]) -> str | None:
         return self.connections.opened_stream(conn, subscribe)
 
     def received(self, conn: Connection, data: str | bytes) -> None:
-        self.connections.received(conn, data)
+        link = self.phoenix.links.get(conn)
+        if link is not None:
+            self.phoenix.received(link, data)
+        else:
+            self.connections.received(conn, data)
 
     def closed(self, conn: Connection) -> None:
-        self.connections.closed(conn)
+        if not self.phoenix.closed(conn):
+            self.connections.closed(conn)
 
     def overflowed(self, conn: Connection) -> None:
         """A client's outbox overflowed; the transport is closing it (4001)."""

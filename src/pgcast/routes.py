@@ -20,10 +20,13 @@ if TYPE_CHECKING:
     from .node import Node
     from .transports import RequestHead
 
-__all__ = ["JSON", "STREAMS", "Answer", "answer", "index", "not_found"]
+__all__ = ["JSON", "PHOENIX_PATHS", "STREAMS", "Answer", "answer", "index", "not_found"]
 
+# The Supabase Realtime endpoint (Phoenix channels; pgcast.supabase): where supabase-js
+# connects (<project url>/realtime/v1/websocket), and Phoenix's own default path.
+PHOENIX_PATHS: Final = frozenset({"/realtime/v1/websocket", "/socket/websocket"})
 # Paths whose GET opens a connection of the node, and the transport it takes.
-STREAMS: Final = {"/ws": "websocket", "/sse": "sse"}
+STREAMS: Final = {"/ws": "websocket", "/sse": "sse"} | dict.fromkeys(PHOENIX_PATHS, "websocket")
 
 
 def answer(node: Node, head: RequestHead, method: str = "GET") -> Answer | None:
@@ -44,6 +47,7 @@ def index(base: str) -> Answer:
         "version": __version__,
         "websocket": base + "ws",
         "sse": base + "sse",
+        "supabase_realtime": base + "realtime/v1/websocket",
         "health": base + "health",
         "metrics": base + "metrics",
     }

@@ -98,8 +98,10 @@ def _http(status: str, body: object) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def control_server(conn: asyncpg.Connection, log: list[str]) -> AsyncIterator[str]:
-    """``http://127.0.0.1:<port>``: ``POST /<op>`` runs OPS[op] (one request per connection)."""
+async def control_server(
+    conn: asyncpg.Connection, log: list[str], ops: dict[str, Op] = OPS
+) -> AsyncIterator[str]:
+    """``http://127.0.0.1:<port>``: ``POST /<op>`` runs ops[op] (one request per connection)."""
     lock = asyncio.Lock()  # one asyncpg connection: one statement at a time
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -113,7 +115,7 @@ async def control_server(conn: asyncpg.Connection, log: list[str]) -> AsyncItera
             )
             length = int(headers.get("content-length", "0"))
             raw = await asyncio.wait_for(reader.readexactly(length), 10) if length else b"{}"
-            op = OPS.get(path.strip("/"))
+            op = ops.get(path.strip("/"))
             if method != "POST" or op is None:
                 writer.write(_http("404 Not Found", {"error": f"no such op {method} {path}"}))
             else:

@@ -11,15 +11,21 @@ from __future__ import annotations
 import struct
 
 _FIN_TEXT = 0x81
+_FIN_BINARY = 0x82
 
 
-def text_frame_header(length: int) -> bytes:
+def text_frame_header(length: int, first: int = _FIN_TEXT) -> bytes:
     """The header of an unmasked, final text frame carrying ``length`` payload bytes."""
     if length < 126:
-        return bytes((_FIN_TEXT, length))
+        return bytes((first, length))
     if length < 65536:
-        return struct.pack("!BBH", _FIN_TEXT, 126, length)
-    return struct.pack("!BBQ", _FIN_TEXT, 127, length)
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """A complete unmasked, final binary frame (the Supabase endpoint's broadcasts)."""
+    return text_frame_header(len(payload), _FIN_BINARY) + payload
 
 
 def text_frame(payload: bytes) -> bytes:

@@ -33,6 +33,7 @@ from websockets.http11 import Request
 
 from ..exceptions import ProtocolError
 from ..protocol import CloseCode, ErrorCode
+from ..routes import STREAMS
 from . import Connection, RequestHead
 from .outbox import Outbox, OutboxConnection
 from .pending import PendingRequests
@@ -398,7 +399,7 @@ class HttpConnection(WebSocketConnection):
     :class:`WebSocketConnection`, except that ``GET /sse`` becomes an
     :class:`SseConnection` on the same socket."""
 
-    stream_paths = frozenset({"/ws", SSE_PATH})
+    stream_paths = frozenset(STREAMS)
 
     def __init__(
         self,

@@ -35,7 +35,7 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
 from . import Connection, Refusal, RequestHead
-from .frames import text_frame, text_frame_header
+from .frames import binary_frame, text_frame, text_frame_header
 from .http import HttpError, HttpRequest, RequestReader, StreamRequest
 from .outbox import Outbox, OutboxConnection
 from .pending import PendingRequests
@@ -236,6 +236,12 @@ class WebSocketConnection(OutboxConnection, asyncio.Protocol):
     def send(self, payload: bytes) -> None:
         """Queue and flush one message (control messages: welcome, errors, acks)."""
         self.queue_frame(text_frame(payload))
+        self.flush()
+
+    def send_binary(self, payload: bytes) -> None:
+        """Queue and flush one binary message (not part of the Connection contract: the
+        Supabase endpoint uses it where the transport has it)."""
+        self.queue_frame(binary_frame(payload))
         self.flush()
 
     def close(self, code: int, reason: str = "") -> None:
