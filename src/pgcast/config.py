@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pgcast.broker.address import parse_broker, parse_stream_name
 from pgcast.channels import CHANNEL_PATTERN, MAX_CHANNEL_LENGTH, channel_matches
 from pgcast.client_address import Network, parse_networks
 from pgcast.exceptions import ConfigError
@@ -318,6 +319,8 @@ _PARSERS: dict[str, _Parser] = {
     "catch_up_drain_timeout": _parse_seconds,
     "catch_up_queue_timeout": _parse_seconds,
     "catch_up_buffer_limit": _parse_buffer_limit,
+    "broker": parse_broker,
+    "broker_stream": parse_stream_name,
 }
 
 
@@ -359,6 +362,10 @@ class Settings:
     # Live changes held for one catching-up subscription; past it the catch-up goes
     # back to the log for them (see pgcast.catch_up).
     catch_up_buffer_limit: int = 10_000
+    # NATS server URL(s): one elected reader publishes the log to a JetStream stream
+    # and every node consumes it (docs/scaling.md). None: each node reads the log.
+    broker: str | None = None
+    broker_stream: str = "PGCAST"  # the JetStream stream; one per database
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -371,6 +378,8 @@ class Settings:
         values = dataclasses.asdict(self)
         if self.database_url is not None:
             values["database_url"] = redact_url(self.database_url)
+        if self.broker is not None:
+            values["broker"] = ",".join(redact_url(url) for url in self.broker.split(","))
         return values
 
     def __repr__(self) -> str:
