@@ -106,9 +106,8 @@ class StreamFeed:
                 raise
             except NATS_ERRORS as exc:
                 self.last_error = one_line(exc)
-                level = logging.ERROR if isinstance(exc, BrokerError) else logging.WARNING
                 if self.last_error != reported:  # one line per distinct problem
-                    logger.log(level, "stream feed: %s; retrying", self.last_error)
+                    logger.warning("stream feed: %s; retrying", self.last_error)
                     reported = self.last_error
             await self._unsubscribe()
             await asyncio.sleep(next(delays))

@@ -172,8 +172,9 @@ class BrokerLink:
     # nats-py callbacks ------------------------------------------------------------------
 
     async def _on_error(self, exc: Exception) -> None:
-        self.last_error = one_line(exc)
-        logger.debug("NATS: %s", self.last_error)
+        logger.debug("NATS: %s", one_line(exc))
+        if self.state is not LinkState.CONNECTING:  # connect() words its own errors
+            self.last_error = one_line(exc)
 
     async def _on_disconnected(self) -> None:
         if self.state is LinkState.CONNECTED:
