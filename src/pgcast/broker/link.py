@@ -75,8 +75,11 @@ class BrokerLink:
                     servers=self.servers,
                     name=self.name,
                     connect_timeout=2,
+                    # nats-py retries a first connect forever when reconnects are on,
+                    # silently: this loop retries instead, saying why, and turns
+                    # reconnects on once connected.
                     allow_reconnect=True,
-                    max_reconnect_attempts=-1,
+                    max_reconnect_attempts=1,
                     reconnect_time_wait=0.5,
                     ping_interval=5,
                     max_outstanding_pings=2,
@@ -94,6 +97,7 @@ class BrokerLink:
                 hint = "is nats-server running with JetStream (-js)? check PGCAST_BROKER"
                 level = logging.WARNING
             else:
+                self.nc.options["max_reconnect_attempts"] = -1
                 self.js = self.nc.jetstream(timeout=5)
                 self.state = LinkState.CONNECTED
                 self.last_error = None
