@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+INSTALLED = Path(NATS_SERVER).exists()
 READY_TIMEOUT = 15.0
 
 
@@ -79,7 +80,7 @@ class NatsServer:
 @contextlib.asynccontextmanager
 async def nats_server(tmp: Path, **kwargs: object) -> AsyncIterator[NatsServer]:
     # Not a skip: a broker test that cannot run must not pass (.ci/run installs it).
-    assert Path(NATS_SERVER).exists(), "nats-server is not installed (apt-get install nats-server)"
+    assert INSTALLED, "nats-server is not installed (apt-get install nats-server)"
     server = NatsServer(tmp / "nats-store", **kwargs)  # type: ignore[arg-type]
     await server.start()
     try:

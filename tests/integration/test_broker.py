@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 
 from pgcast.capture.installer import track
-from pgcast.identifiers import parse_table_name
 from pgcast.config import Settings
+from pgcast.identifiers import parse_table_name
 from pgcast.server import Gateway
 
 from .gateway_helpers import running_gateway, ws_client
@@ -48,10 +48,12 @@ async def backends(conn: asyncpg.Connection) -> dict[str, int]:
     return {row["application_name"]: row["n"] for row in rows}
 
 
-async def wait_for(condition: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    async with asyncio.timeout(timeout):
-        while not await condition():
-            await asyncio.sleep(0.05)
+async def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    """Poll the async ``condition()`` until it holds; AssertionError after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, f"{condition.__name__} not met"
+        await asyncio.sleep(0.05)  # poll interval
 
 
 @contextlib.asynccontextmanager
@@ -71,7 +73,7 @@ async def test_changes_reach_clients_on_two_nodes_through_one_reader(
                 b.broker is not None and b.broker.reader.leader
             )
 
-        await wait_for(one_reader, what="a reader")
+        await wait_for(one_reader)
         async with ws_client(a) as client_a, ws_client(b) as client_b:
             for client in (client_a, client_b):
                 assert (await client.subscribe("s", table="items"))["type"] == "subscribed"

@@ -52,6 +52,7 @@ class Fleet:
         self.nats = nats
         self.nodes: dict[int, Background] = {}
         self.killed = 0
+        self.logs: list[str] = []  # stderr of the nodes that are gone
 
     async def add(self) -> int:
         port = free_port()
@@ -99,6 +100,7 @@ class Fleet:
         node = self.nodes.pop(port)
         node.proc.send_signal(signal.SIGKILL)
         await node.exit_code()
+        self.logs.append(node.stderr.text)
         self.killed += 1
 
     def ports(self) -> list[int]:
@@ -113,6 +115,17 @@ class Fleet:
                 await node.exit_code()
             with contextlib.suppress(Exception):
                 await node.drained()
+            self.logs.append(node.stderr.text)
+
+    def problems(self) -> str:
+        """The nodes' log lines that explain a failure (resyncs, stream trouble)."""
+        keys = ("resync", "stream", "reader", "NATS", "Traceback")
+        return "".join(
+            line + "\n"
+            for text in [*self.logs, *(n.stderr.text for n in self.nodes.values())]
+            for line in text.splitlines()
+            if any(k in line for k in keys)
+        )[-6000:]
 
 
 class Balancer(Proxy):
@@ -180,9 +193,9 @@ async def test_kill_9_of_the_reader_node_next_reader_publishes_within_5_s(
 
 
 def schedule(rng: random.Random) -> list[tuple[float, str]]:
-    actions = (
-        ["kill_reader"] * 2 + ["kill_node"] * 2 + ["restart_nats"] * 2 + ["cut_one"] * 3
-    ) + ["cut_all"]
+    actions = (["kill_reader"] * 2 + ["kill_node"] * 2 + ["restart_nats"] * 2 + ["cut_one"] * 3) + [
+        "cut_all"
+    ]
     rng.shuffle(actions)
     return [(rng.uniform(0.5, 1.5), action) for action in actions]
 
@@ -203,9 +216,7 @@ async def test_mirrors_converge_through_nats_under_kill_9_and_nats_restarts(
             for mirror in mirrors:
                 mirror.proxy = Balancer(fleet)
                 await mirror.proxy.start()
-                mirror.task = asyncio.create_task(
-                    mirror.run(f"ws://127.0.0.1:{mirror.proxy.port}")
-                )
+                mirror.task = asyncio.create_task(mirror.run(f"ws://127.0.0.1:{mirror.proxy.port}"))
             writers = [
                 asyncio.create_task(
                     writer(database_url, random.Random(f"{seed}-w{i}"), stop_writes, stats)
@@ -252,10 +263,16 @@ async def test_mirrors_converge_through_nats_under_kill_9_and_nats_restarts(
             ok = await wait_until(converged, 40.0)
             for mirror in mirrors:
                 assert mirror.error is None, f"{mirror} failed: {mirror.error!r}"
-            assert ok, "mirrors did not converge: " + "; ".join(
-                f"{m}: missing {sorted(set(w) - set(m.rows))} extra {sorted(set(m.rows) - set(w))}"
-                for m, w in zip(mirrors, expected, strict=True)
-                if m.rows != w
+            assert ok, (
+                "mirrors did not converge: "
+                + "; ".join(
+                    f"{m}: missing {sorted(set(w) - set(m.rows))}, "
+                    f"extra {sorted(set(m.rows) - set(w))}"
+                    for m, w in zip(mirrors, expected, strict=True)
+                    if m.rows != w
+                )
+                + "\nnodes said:\n"
+                + fleet.problems()
             )
         finally:
             stop_writes.set()
@@ -267,15 +284,13 @@ async def test_mirrors_converge_through_nats_under_kill_9_and_nats_restarts(
         "SELECT id, op, record::text AS record, old_record::text AS old_record"
         " FROM pgcast.changes WHERE table_name = 'items' ORDER BY id"
     )
-    changes = [
-        (r["id"], r["op"], _json(r["record"]), _json(r["old_record"])) for r in log
-    ]
+    changes = [(r["id"], r["op"], _json(r["record"]), _json(r["old_record"])) for r in log]
     lost_total = 0
     for mirror in mirrors:
+        assert mirror.resyncs == 0, f"{mirror} got a resync; nodes said:\n{fleet.problems()}"
         doubled = {cid: n for cid, n in mirror.ids.items() if n > 1}
         assert not doubled, f"{mirror} received change ids twice: {doubled}"
         assert not mirror.violations, f"{mirror}: {mirror.violations[:10]}"
-        assert mirror.resyncs == 0, f"{mirror} got a resync"
         assert mirror.position is not None
         owed = {
             cid

@@ -61,6 +61,7 @@ class StreamFeed:
         self.pending = 0  # messages in the stream after it, as of the last delivery
         self.position: Horizon | None = None  # where the node stands (see Node.position)
         self.received = 0
+        self.last_msg_id: str | None = None
         self.stream_last_seq = 0
         self.resubscribes = 0
         self.bad_messages = 0
@@ -142,6 +143,7 @@ class StreamFeed:
             try:
                 last = await self.link.js.get_msg(self.link.stream, last_seq)
                 self.position = codec.decode(last.data or b"", last.headers).position
+                self.last_msg_id = (last.headers or {}).get(codec.MSG_ID)
             except nats.js.errors.NotFoundError:
                 self.position = None
         self.last_seq = last_seq
@@ -158,7 +160,7 @@ class StreamFeed:
                 continue
             info = await self.link.stream_info()
             self.stream_last_seq = info.state.last_seq
-            if self.stream_last_seq < self.last_seq:
+            if self.stream_last_seq < self.last_seq and not await self._holds_last():
                 logger.error(
                     "stream %r was reset (last sequence %d < %d): resync",
                     self.link.stream,
@@ -175,6 +177,15 @@ class StreamFeed:
                     f"no message from stream {self.link.stream!r} for {STALL_AFTER:g} s "
                     f"while {self.stream_last_seq - self.last_seq} wait: resubscribing"
                 )
+
+    async def _holds_last(self) -> bool:
+        """Whether the stream still holds the last message this node received (the
+        stream's state may simply predate the messages received since it was read)."""
+        try:
+            msg = await self.link.js.get_msg(self.link.stream, self.last_seq)
+        except nats.js.errors.NotFoundError:
+            return False
+        return bool((msg.headers or {}).get(codec.MSG_ID) == self.last_msg_id)
 
     @property
     def lag(self) -> int:
@@ -210,6 +221,7 @@ class StreamFeed:
             )
             self._on_gap(self.position.head if self.position else 0)
         self.last_seq = seq
+        self.last_msg_id = (msg.headers or {}).get(codec.MSG_ID)
         self.pending = meta.num_pending
         self.received += 1
         try:
