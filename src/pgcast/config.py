@@ -321,6 +321,8 @@ _PARSERS: dict[str, _Parser] = {
     "catch_up_buffer_limit": _parse_buffer_limit,
     "broker": parse_broker,
     "broker_stream": parse_stream_name,
+    "presence_heartbeat": _parse_seconds,
+    "presence_timeout": _parse_seconds,
 }
 
 
@@ -366,12 +368,23 @@ class Settings:
     # and every node consumes it (docs/scaling.md). None: each node reads the log.
     broker: str | None = None
     broker_stream: str = "PGCAST"  # the JetStream stream; one per database
+    # Presence across nodes (pgcast.tracker): each node sends a heartbeat every
+    # presence_heartbeat seconds; a node silent for presence_timeout seconds has its
+    # presence entries removed everywhere (within presence_timeout + 1 s).
+    presence_heartbeat: float = 4.0
+    presence_timeout: float = 12.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             parsed = _PARSERS[field.name](getattr(self, field.name), f"Settings.{field.name}")
             # Normalise (list -> tuple, "INFO" -> "info") without giving up frozenness.
             object.__setattr__(self, field.name, parsed)
+        if self.presence_timeout <= self.presence_heartbeat:
+            raise ConfigError(
+                f"presence_timeout={self.presence_timeout} must be longer than "
+                f"presence_heartbeat={self.presence_heartbeat}",
+                hint="a node is dropped after missing heartbeats: use about 3 heartbeats",
+            )
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict that is safe to log: the database password is ``***``."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import __version__, protocol
+from . import __version__, protocol, topic_requests
 from . import session_actions as act
 from .changelog import DATABASE_ERRORS
 from .client_address import peer_address
@@ -129,6 +129,7 @@ class Connections:
             self.all_closed.set()
         if client.worker is not None:
             client.worker.cancel()
+        self.node.realtime.closed(conn)
         for sub in client.session.close():
             self.node.forget(sub)
 
@@ -218,6 +219,8 @@ class Connections:
                 follow = await self._publish(session, action)
             elif isinstance(action, act.Listen):
                 follow = session.listened(action.sub, await node.listen(action.sub))
+            elif isinstance(action, act.TopicRequest):
+                follow = await topic_requests.carry_out(node.realtime, session, action.message)
             if follow:
                 await self._carry_out(client, follow)
 

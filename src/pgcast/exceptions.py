@@ -10,6 +10,7 @@
     ├── BrokerError          the NATS broker is unreachable, refuses us, or lacks the stream
     ├── RowImageError        a row image that cannot be read to evaluate a filter or rule
     ├── CatchUpAborted       a snapshot/replay stopped: its client was too slow or left
+    ├── BusError             a message between gateway nodes could not be sent
     ├── AuthError            a connection's token is refused (carries a `close_code`)
     ├── ProtocolError        a client frame the gateway refuses (carries a wire `code`)
     │   └── FilterError      a subscription filter that cannot be parsed or applied
@@ -73,6 +74,10 @@ class CatchUpAborted(PgcastError):
     """A snapshot or replay stopped because its client was closed (slow: 4001) or left."""
 
 
+class BusError(PgcastError):
+    """A message between gateway nodes (pgcast.bus) is too large, or the bus is down."""
+
+
 class ProtocolError(PgcastError):
     """A client message is refused; ``code`` is the machine-readable wire error code."""
 
@@ -80,6 +85,7 @@ class ProtocolError(PgcastError):
         super().__init__(message, hint=hint)
         self.code = code
         self.sub_id: str | None = None  # the refused message's id, when it had a valid one
+        self.topic: str | None = None  # the refused topic message's topic, when it had one
 
 
 class FilterError(ProtocolError):

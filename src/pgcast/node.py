@@ -25,6 +25,8 @@ import asyncpg
 from . import protocol
 from .admission import Admission
 from .auth import AuthConfig, RowRule
+from .bus import Bus
+from .bus_postgres import PostgresBus
 from .capture.installer import prune
 from .capture.wal import WalConsumer
 from .catalog import Catalog
@@ -43,8 +45,10 @@ from .metrics import Histogram
 from .observability import build_metrics
 from .observability import health as node_health
 from .protocol import CloseCode
+from .realtime import Realtime
 from .schema_watch import check_rules, watch_catalog
 from .startup import connect_with_retry
+from .topics import check_topic
 from .transports import Connection, Refusal
 from .transports.pending import PendingRequests
 from .unreadable import UnreadableRows, describe
@@ -71,7 +75,16 @@ class Node:
     dispatch_seconds: Histogram  # set by build_metrics
     capture_to_send_seconds: Histogram
 
-    def __init__(self, settings: Settings, dsn: str, *, auth: AuthConfig | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        dsn: str,
+        *,
+        auth: AuthConfig | None = None,
+        bus: Bus | None = None,
+    ) -> None:
+        """``bus`` joins this node to the others for presence and broadcast (default:
+        LISTEN/NOTIFY on ``dsn``, see pgcast.bus_postgres)."""
         self.settings = settings
         self.dsn = dsn
         self.auth = auth if auth is not None else AuthConfig()
@@ -118,6 +131,12 @@ class Node:
         if settings.broker is not None:
             self.broker = _broker_tier(self)
             self.broker.register_metrics(self.metrics_registry)
+        self.realtime = Realtime(
+            bus if bus is not None else self._default_bus(),
+            self.auth.limits,
+            heartbeat_interval=settings.presence_heartbeat,
+            node_timeout=settings.presence_timeout,
+        )
 
     @property
     def clients(self) -> dict[Connection, Client]:
@@ -166,6 +185,7 @@ class Node:
                     "PostgreSQL LISTEN not ready yet (%s); serving anyway",
                     self.listener.last_error,
                 )
+        await self.realtime.start()
         self._spawn(self._housekeeping(), "pgcast-housekeeping")
         await check_rules(self.auth.rules, self._catalog)
         self._spawn(watch_catalog(self._catalog, self.connections), "pgcast-catalog")
@@ -182,6 +202,7 @@ class Node:
                     await self.connections.all_closed.wait()
         for conn in list(clients):
             conn.abort()
+        await self.realtime.stop()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -196,6 +217,14 @@ class Node:
                     await self._pool.close()
             except TimeoutError:  # a connection to a dead server never answers
                 self._pool.terminate()
+
+    def _default_bus(self) -> Bus:
+        """NATS core subjects when a broker is configured, else LISTEN/NOTIFY."""
+        if self.broker is not None:
+            from .broker.bus import NatsBus
+
+            return NatsBus(self.broker.link)
+        return PostgresBus(self.dsn)
 
     def _appended(self) -> None:
         """The WAL consumer appended to the log: read it now."""
@@ -307,6 +336,11 @@ class Node:
         """Decorator: run the function (sync or async) for each committed change of
         ``table``, off the delivery path (see pgcast.hooks). Register before start()."""
         return self.hooks.on_change(table, schema=schema, events=events)
+
+    async def broadcast(self, topic: str, event: str, payload: Any) -> None:
+        """Send ``event`` with ``payload`` (JSON) to every member of ``topic`` on every
+        node. ProtocolError for a bad topic or event or a payload above the limit."""
+        await self.realtime.broadcast(check_topic(topic), event, payload)
 
     def position(self) -> str | None:
         """The exact log position the gateway has dispatched up to (None before it read).

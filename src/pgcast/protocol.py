@@ -18,6 +18,8 @@ from .channels import CHANNEL_NAME
 from .events import OPS, Horizon
 from .exceptions import ProtocolError
 from .filters import MATCH_ALL, Filter, parse_filter
+from .topic_protocol import TOPIC_TYPES, TopicMessage, decode_topic_message
+from .topics import TOPIC_NAME
 
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 128
@@ -57,6 +59,9 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     TABLE_GONE = "table_gone"
+    UNKNOWN_TOPIC = "unknown_topic"
+    TOO_MANY_TOPICS = "too_many_topics"
+    TOPIC_FULL = "topic_full"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +105,7 @@ class Auth:
     token: str = field(repr=False)
 
 
-ClientMessage = Subscribe | Unsubscribe | Ping | Publish | Auth
+ClientMessage = Subscribe | Unsubscribe | Ping | Publish | Auth | TopicMessage
 
 # The one limit on a token, wherever it comes from (query, header, `auth` message).
 MAX_TOKEN_LENGTH = 8192
@@ -120,6 +125,9 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
         raw_id = message.get("id")
         if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_ID_LENGTH:
             exc.sub_id = raw_id
+        topic = message.get("topic")
+        if message.get("type") in TOPIC_TYPES and isinstance(topic, str):
+            exc.topic = topic if TOPIC_NAME.fullmatch(topic) else None
         raise
 
 
@@ -147,6 +155,8 @@ def _decode(message: dict[str, Any]) -> ClientMessage:
                 hint="encode binary data, for example as base64",
             )
         return Publish(_id(message), channel, payload)
+    if kind in TOPIC_TYPES:
+        return decode_topic_message(message)
     if kind == "auth":
         token = message.get("token")
         if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
@@ -159,7 +169,8 @@ def _decode(message: dict[str, Any]) -> ClientMessage:
     raise ProtocolError(
         ErrorCode.UNKNOWN_TYPE,
         f"unknown message type {kind!r}",
-        hint="use subscribe, unsubscribe or ping",
+        hint="use subscribe, unsubscribe, publish, ping, auth, join, leave, track, untrack "
+        "or broadcast",
     )
 
 
@@ -309,7 +320,11 @@ def unsubscribed(sub_id: str) -> bytes:
     return encode({"type": "unsubscribed", "id": sub_id})
 
 
-def error(code: str, message: str, sub_id: str | None = None) -> bytes:
+def error(code: str, message: str, sub_id: str | None = None, topic: str | None = None) -> bytes:
+    if topic is not None:
+        return encode(
+            {"type": "error", "id": sub_id, "topic": topic, "code": code, "message": message}
+        )
     return encode({"type": "error", "id": sub_id, "code": code, "message": message})
 
 

@@ -19,6 +19,7 @@ from . import cors
 from . import routes as route_table
 from .auth import AuthConfig
 from .browser_client import js_response
+from .bus import Bus
 from .config import Settings
 from .connections import AUTH_TIMEOUT, INBOX_BYTES, INBOX_LIMIT
 from .node import Node
@@ -45,10 +46,12 @@ class Gateway(Node):
         *,
         routes: Routes | None = None,
         auth: AuthConfig | None = None,
+        bus: Bus | None = None,
     ) -> None:
         """``routes`` answers plain HTTP requests the gateway does not (an embedding app's
-        own pages and API); it returns None for paths it does not serve."""
-        super().__init__(settings, dsn, auth=auth)
+        own pages and API); it returns None for paths it does not serve. ``bus``: see
+        :class:`pgcast.node.Node`."""
+        super().__init__(settings, dsn, auth=auth, bus=bus)
         self.routes = routes
         self._server: asyncio.Server | None = None
 

@@ -28,6 +28,7 @@ from .exceptions import AuthError, ProtocolError
 from .filters import MATCH_ALL, Filter
 from .hub import Subscription
 from .protocol import CloseCode, ErrorCode, Subscribe, Unsubscribe
+from .rate_limit import RateLimit
 from .session_actions import (
     Action,
     Authenticated,
@@ -39,8 +40,10 @@ from .session_actions import (
     Refilter,
     ResolveTable,
     Send,
+    TopicRequest,
     Watch,
 )
+from .topic_protocol import BroadcastRequest, Join, Leave, Track, Untrack
 
 if TYPE_CHECKING:
     from .auth import AuthConfig, Grants, Identity, RowRule
@@ -49,25 +52,8 @@ if TYPE_CHECKING:
 __all__ = ["RateLimit", "Session", "SessionPolicy", "SessionState", "restrict"]
 
 
-class RateLimit:
-    """A token bucket: ``rate`` events per second, bursts up to ``rate`` (0 = unlimited)."""
-
-    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.clock = clock
-        self.tokens = max(rate, 1.0)
-        self.stamp = clock()
-
-    def allow(self) -> bool:
-        if self.rate <= 0:
-            return True
-        now = self.clock()
-        self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
+TOPIC_MESSAGES = (Join, Leave, Track, Untrack, BroadcastRequest)
+_INTERNAL_CHANNELS = frozenset({"pgcast", "pgcast_bus"})
 
 
 def _always(identity: Identity) -> bool:
@@ -118,6 +104,7 @@ class Session:
         # None until the client authenticated (a first `auth` message, when required).
         self.identity: Identity | None = None
         self.grants: Grants | None = None
+        self.presence_key: str | None = None  # of a `track` without a key, made once
         limits = policy.auth.limits
         self.subscribe_limit = RateLimit(limits.subscribe_rate, clock=policy.clock)
         self.publish_limit = RateLimit(limits.publish_rate, clock=policy.clock)
@@ -154,6 +141,8 @@ class Session:
                     Send(protocol.error(ErrorCode.UNAUTHORIZED, "authenticate first", None)),
                     Close(CloseCode.UNAUTHORIZED, "authenticate first: send an auth message"),
                 ]
+            if isinstance(message, TOPIC_MESSAGES):
+                return [TopicRequest(message)]
             sub_id = message.id
             if isinstance(message, Subscribe):
                 return self._subscribe(message)
@@ -168,7 +157,7 @@ class Session:
 
     def refused(self, sub_id: str | None, exc: ProtocolError) -> list[Action]:
         """The ``error`` answering a refused message (or a failed resolve / publish)."""
-        return [Send(protocol.error(exc.code, str(exc), sub_id or exc.sub_id))]
+        return [Send(protocol.error(exc.code, str(exc), sub_id or exc.sub_id, exc.topic))]
 
     def _refresh(self, token: str) -> list[Action]:
         """An `auth` message: authenticate, or swap in a fresh token for the same subject."""
@@ -228,8 +217,9 @@ class Session:
         return [Publish(message)]
 
     def _channel_allowed(self, channel: str) -> bool:
-        # "pgcast" is the gateway's own wake-up channel: never relayed, never published to.
-        return channel != "pgcast" and self.policy.allows_channel(channel)
+        # The gateway's own channels (wake-up, bus between nodes): never relayed, never
+        # published to, whatever the channel patterns allow.
+        return channel not in _INTERNAL_CHANNELS and self.policy.allows_channel(channel)
 
     # subscribe --------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .hub import Subscription
     from .protocol import Publish as PublishMessage
     from .protocol import Subscribe
+    from .topic_protocol import TopicMessage
 
 __all__ = [
     "Action",
@@ -31,6 +32,7 @@ __all__ = [
     "Refilter",
     "ResolveTable",
     "Send",
+    "TopicRequest",
     "Watch",
 ]
 
@@ -115,6 +117,16 @@ class Listen:
     sub: Subscription
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TopicRequest:
+    """A presence or broadcast message (pgcast.topic_requests carries it out with the
+    session's grants)."""
+
+    message: TopicMessage
+
+
 Action = (
-    Send | Close | Authenticated | Watch | Forget | Refilter | ResolveTable | CatchUp | Publish
-) | Listen
+    (Send | Close | Authenticated | Watch | Forget | Refilter | ResolveTable | CatchUp | Publish)
+    | Listen
+    | TopicRequest
+)

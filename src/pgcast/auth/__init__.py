@@ -37,7 +37,7 @@ from ..protocol import MAX_TOKEN_LENGTH
 from .config import AuthConfig, load_auth_config
 from .limits import Limits
 from .rule_grammar import compile_rule
-from .rules import Grants, RowRule, Rules, parse_rules
+from .rules import Grants, RowRule, Rules, TopicRights, parse_rules
 from .tokens import ANONYMOUS, Identity, TokenVerifier, VerificationKey, extract_token, load_jwks
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "RowRule",
     "Rules",
     "TokenVerifier",
+    "TopicRights",
     "VerificationKey",
     "compile_rule",
     "extract_token",

@@ -24,6 +24,13 @@ class Limits:
     publish_rate: float = 10.0  # publish messages per second per connection
     max_publish_bytes: int = 7900
     allowed_origins: tuple[str, ...] = ()  # empty: any Origin (and none)
+    # Presence and broadcast (pgcast.realtime): per topic, per state, per connection.
+    max_topic_members: int = 1000  # presence entries on one topic (all nodes)
+    max_presence_bytes: int = 4096  # one tracked state, encoded as JSON
+    presence_rate: float = 5.0  # track / untrack messages per second per connection
+    max_broadcast_bytes: int = 65_536  # one broadcast payload, encoded as JSON
+    broadcast_rate: float = 50.0  # broadcasts per second per connection
+    max_topics: int = 100  # topics one connection may join
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -70,6 +77,14 @@ def _limit_payload(value: object, label: str) -> int:
     return value
 
 
+def _limit_bytes(value: object, label: str, high: int) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= high:
+        raise ConfigError(f"{label}={value!r} is not a size from 2 to {high} bytes")
+    return value
+
+
 _ORIGIN = re.compile(r"https?://[a-z0-9.\-\[\]:]+")
 
 
@@ -100,4 +115,10 @@ _LIMIT_PARSERS: dict[str, Callable[[object, str], Any]] = {
     "publish_rate": _limit_rate,
     "max_publish_bytes": _limit_payload,
     "allowed_origins": _limit_origins,
+    "max_topic_members": _limit_count,
+    "max_presence_bytes": lambda value, label: _limit_bytes(value, label, 65_536),
+    "presence_rate": _limit_rate,
+    "max_broadcast_bytes": lambda value, label: _limit_bytes(value, label, 1_000_000),
+    "broadcast_rate": _limit_rate,
+    "max_topics": _limit_count,
 }

@@ -21,6 +21,7 @@ from ..channels import CHANNEL_NAME, CHANNEL_PATTERN, MAX_CHANNEL_LENGTH, channe
 from ..exceptions import ConfigError, IdentifierError
 from ..filters import Condition
 from ..identifiers import parse_table_name
+from ..topics import TOPIC_NAME, topic_matches, valid_pattern
 from .rule_grammar import (
     ClaimPath,
     _And,
@@ -224,6 +225,15 @@ def _bind_pattern(pattern: str, claims: Mapping[str, Any]) -> str | None:
     return None if failed else bound
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TopicRights:
+    """What one identity may do on one topic."""
+
+    read: bool  # join: receive broadcasts and presence
+    presence: bool  # track its own presence state
+    broadcast: bool  # send broadcasts
+
+
 class Grants:
     """What one identity may read and publish; bind once per connection (and per ``auth``)."""
 
@@ -234,6 +244,7 @@ class Grants:
         claims = identity.claims
         self._read = [p for p in (_bind_pattern(p, claims) for p in rules.channel_read) if p]
         self._publish = [p for p in (_bind_pattern(p, claims) for p in rules.channel_publish) if p]
+        self._topics: tuple[tuple[str, ...], ...] | None = None
 
     def table(self, schema: str, table: str) -> RowRule | None:
         """The row rule for ``schema.table``, or None when the table is forbidden."""
@@ -258,6 +269,32 @@ class Grants:
             return True
         return any(channel_matches(pattern, name) for pattern in self._read)
 
+    def topic_rights(self, topic: str) -> TopicRights:
+        """What the identity may do on ``topic`` (presence and broadcast).
+
+        Without ``[rules]`` everything is allowed (like raw channels); with them, only
+        what ``[rules.topics]`` grants. Tracking presence or broadcasting on a topic
+        needs reading it too.
+        """
+        if not isinstance(topic, str) or not TOPIC_NAME.fullmatch(topic):
+            return TopicRights(False, False, False)
+        if not self.rules.configured:
+            return TopicRights(True, True, True)
+        if self._topics is None:
+            claims = self.identity.claims
+            self._topics = tuple(
+                tuple(p for p in (_bind_pattern(p, claims) for p in patterns) if p)
+                for patterns in (
+                    self.rules.topic_read,
+                    self.rules.topic_presence,
+                    self.rules.topic_broadcast,
+                )
+            )
+        read, presence, broadcast = (
+            any(topic_matches(pattern, topic) for pattern in patterns) for patterns in self._topics
+        )
+        return TopicRights(read, read and presence, read and broadcast)
+
     def can_publish(self, name: str) -> bool:
         """Whether the identity may publish (NOTIFY) to raw channel ``name``."""
         if not isinstance(name, str) or not CHANNEL_NAME.fullmatch(name):
@@ -275,6 +312,9 @@ class Rules:
     tables: Mapping[tuple[str, str], _Expr] = dataclasses.field(default_factory=dict)
     channel_read: tuple[str, ...] = ()
     channel_publish: tuple[str, ...] = ()
+    topic_read: tuple[str, ...] = ()
+    topic_presence: tuple[str, ...] = ()
+    topic_broadcast: tuple[str, ...] = ()
 
     def bind(self, identity: Identity) -> Grants:
         return Grants(self, identity)
@@ -292,7 +332,8 @@ class Rules:
         return frozenset(found)
 
 
-_RULES_KEYS = ("tables", "channels")
+_RULES_KEYS = ("tables", "channels", "topics")
+_TOPIC_KEYS = ("read", "presence", "broadcast")
 _TABLE_KEYS = ("read",)
 _CHANNEL_KEYS = ("read", "publish")
 
@@ -343,12 +384,35 @@ def parse_rules(table: Mapping[str, Any] | None, *, source: str = "[rules]") -> 
     for key in channels:
         if key not in _CHANNEL_KEYS:
             raise _unknown(key, _CHANNEL_KEYS, f"{source}.channels")
+    topics = table.get("topics", {})
+    if not isinstance(topics, Mapping):
+        raise ConfigError(f"{source}.topics must be a table with read / presence / broadcast lists")
+    for key in topics:
+        if key not in _TOPIC_KEYS:
+            raise _unknown(key, _TOPIC_KEYS, f"{source}.topics")
     return Rules(
         configured=True,
         tables=tables,
         channel_read=_patterns(channels.get("read", []), f"{source}.channels.read"),
         channel_publish=_patterns(channels.get("publish", []), f"{source}.channels.publish"),
+        topic_read=_topic_patterns(topics.get("read", []), f"{source}.topics.read"),
+        topic_presence=_topic_patterns(topics.get("presence", []), f"{source}.topics.presence"),
+        topic_broadcast=_topic_patterns(topics.get("broadcast", []), f"{source}.topics.broadcast"),
     )
+
+
+def _topic_patterns(value: object, where: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ConfigError(f"{where} must be a list of topic patterns")
+    for item in items:
+        if not valid_pattern(_TEMPLATE.sub("x", item) if isinstance(item, str) else None):
+            raise ConfigError(
+                f"{where}: {item!r} is not a topic pattern",
+                hint="printable characters without spaces, '*' for any run of characters, "
+                "{claims.<name>} for a claim; e.g. 'room:*' or 'user:{claims.sub}'",
+            )
+    return tuple(dict.fromkeys(items))
 
 
 def _patterns(value: object, where: str) -> tuple[str, ...]:
