@@ -123,7 +123,13 @@ class Node:
         self.hooks.register_metrics(self.metrics_registry)
         # WAL capture: one gateway per database (elected) appends decoded changes to
         # the log and wakes its reader; the others' readers find the rows by polling.
-        self.wal = WalConsumer(dsn, on_appended=self._appended)
+        self.wal = WalConsumer(
+            dsn,
+            on_appended=self._appended,
+            # With a broker the fleet is meant to grow: wait for the slot through
+            # the pool, not on a connection per node (pgcast.election).
+            pool=(lambda: self.pool) if settings.broker is not None else None,
+        )
         self.wal.register_metrics(self.metrics_registry)
         # The broker tier (settings.broker): one elected reader publishes the log to
         # NATS JetStream, and this node's changes come from the stream.

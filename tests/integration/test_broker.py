@@ -165,3 +165,21 @@ async def test_a_node_started_before_nats_waits_and_then_serves(
         starting.cancel()
         await gateway.stop()
         await server.stop()
+
+
+async def test_in_wal_mode_the_slot_consumer_is_the_reader_and_waiters_hold_no_connection(
+    wal_dsn: str, wconn: asyncpg.Connection, nats: NatsServer
+) -> None:
+    await wconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)")
+    await track(wconn, parse_table_name("items"), capture="wal")
+    async with broker_node(wal_dsn, nats) as a, broker_node(wal_dsn, nats) as b:
+        async with ws_client(b) as client:
+            await client.subscribe("s", table="items")
+            await wconn.executemany("INSERT INTO items VALUES ($1, $1)", [(i,) for i in range(5)])
+            got = await client.changes(5, timeout=20)
+        assert sorted(c["record"]["id"] for c in got) == list(range(5))
+        for node in (a, b):
+            assert node.broker is not None
+            assert node.broker.reader.leader == node.wal.leader  # one process does both
+        seen = await backends(wconn)
+        assert seen.get("pgcast-reader") == 1 and seen.get("pgcast-wal") == 1, seen

@@ -39,6 +39,7 @@ import nats.js.errors
 
 from pgcast.backoff import backoff
 from pgcast.changelog import DATABASE_ERRORS, LogCursor, LogRead, read_new, start_cursor
+from pgcast.election import lock_is_free
 from pgcast.events import Horizon
 from pgcast.exceptions import BrokerError
 from pgcast.listener import CHANNEL
@@ -58,17 +59,6 @@ READER_LOCK_KEY = 0x70676361_7374_03
 APPLICATION_NAME = "pgcast-reader"
 PAGE_SIZE = 2000
 ACK_TIMEOUT = 10.0
-
-# Whether the reader lock is free, without taking it (a bigint key is classid =
-# high half, objid = low half, objsubid = 1).
-_LOCK_FREE = """
-SELECT NOT EXISTS (
-    SELECT FROM pg_catalog.pg_locks
-     WHERE locktype = 'advisory' AND granted AND objsubid = 1
-       AND classid::bigint = $1 AND objid::bigint = $2
-       AND database = (SELECT oid FROM pg_catalog.pg_database
-                        WHERE datname = current_database()))
-"""
 
 _HEAD = "SELECT coalesce(max(id), 0) FROM pgcast.changes"
 
@@ -145,11 +135,10 @@ class StreamReader:
 
     async def _wait_turn(self) -> None:
         """Return once this node may stand and the lock looks free."""
-        high, low = READER_LOCK_KEY >> 32, READER_LOCK_KEY & 0xFFFFFFFF
         while True:
             if self._eligible() and self.link.connected:
                 async with self._pool().acquire() as conn:
-                    if await conn.fetchval(_LOCK_FREE, high, low, timeout=self.probe_timeout):
+                    if await lock_is_free(conn, READER_LOCK_KEY, timeout=self.probe_timeout):
                         return
             await asyncio.sleep(self.retry_interval)
 
