@@ -106,3 +106,26 @@ async def test_presence_and_broadcast_between_nodes_over_nats(
             " AND application_name = 'pgcast-bus'"
         )
         assert on_postgres == 0  # the nodes meet through NATS only
+
+
+async def test_bad_broker_configuration_gets_one_line_errors(tmp_path: Path) -> None:
+    from pgcast.exceptions import BrokerError
+
+    async with nats_server(tmp_path, user="pgcast:right") as server:
+        wrong = BrokerLink(f"nats://pgcast:wrong@127.0.0.1:{server.port}", "S")
+        with pytest.raises(BrokerError) as refused:
+            await wrong.connect(retry=False)
+        assert "refused the credentials" in str(refused.value)
+        assert "wrong" not in str(refused.value) and "\n" not in str(refused.value)
+        right = BrokerLink(f"nats://pgcast:right@127.0.0.1:{server.port}", "MISSING")
+        await right.connect(retry=False)
+        try:
+            with pytest.raises(BrokerError, match="stream 'MISSING' not found") as missing:
+                await right.stream_info()
+            assert "\n" not in str(missing.value)
+        finally:
+            await right.close()
+    unreachable = BrokerLink(f"nats://127.0.0.1:{server.port}", "S")
+    with pytest.raises(BrokerError, match="cannot reach NATS") as down:
+        await unreachable.connect(retry=False)
+    assert "\n" not in str(down.value)

@@ -53,6 +53,12 @@ class NatsBus:
                 self._subscriptions.append(
                     await self.link.nc.subscribe(self._subject(subject), cb=_deliver(callback))
                 )
+        # The server has the subscriptions once it answered a PING sent after them:
+        # only then does "subscribers receive what others publish" hold.
+        try:
+            await self.link.nc.flush(timeout=5)
+        except NATS_ERRORS as exc:
+            raise BusError(f"NATS did not confirm the bus subscriptions: {exc}") from None
 
     async def publish(self, subject: str, data: bytes) -> None:
         check_subject(subject)

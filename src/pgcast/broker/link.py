@@ -44,6 +44,10 @@ DUPLICATE_WINDOW = 600.0
 _AUTH_ERRORS = (nats.errors.AuthorizationError, nats.errors.InvalidUserCredentialsError)
 
 
+def _refused(exc: BaseException) -> bool:
+    return isinstance(exc, _AUTH_ERRORS) or "authorization" in str(exc).lower()
+
+
 class LinkState(enum.Enum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
@@ -65,11 +69,13 @@ class BrokerLink:
         self.last_error: str | None = None
         self.nc: Any = None
         self.js: Any = None
+        self._connect_error: BaseException | None = None
 
     async def connect(self, *, retry: bool = True, delays: Iterator[float] | None = None) -> None:
         """Connect, retrying with backoff (or raising ``BrokerError`` without ``retry``)."""
         delays = delays if delays is not None else backoff(initial=0.5, maximum=10.0)
         while True:
+            self._connect_error = None
             try:
                 self.nc = await nats.connect(
                     servers=self.servers,
@@ -88,14 +94,17 @@ class BrokerLink:
                     reconnected_cb=self._on_reconnected,
                     closed_cb=self._on_closed,
                 )
-            except _AUTH_ERRORS as exc:
-                problem = f"NATS at {self.where} refused the credentials ({one_line(exc)})"
-                hint = "check the user:password or token in PGCAST_BROKER"
-                level = logging.ERROR
             except NATS_ERRORS as exc:
-                problem = f"cannot reach NATS at {self.where} ({one_line(exc) or 'no answer'})"
-                hint = "is nats-server running with JetStream (-js)? check PGCAST_BROKER"
-                level = logging.WARNING
+                # nats-py reports why each attempt failed to error_cb only.
+                cause = self._connect_error or exc
+                if _refused(cause):
+                    problem = f"NATS at {self.where} refused the credentials ({one_line(cause)})"
+                    hint = "check the user:password or token in PGCAST_BROKER"
+                    level = logging.ERROR
+                else:
+                    problem = f"cannot reach NATS at {self.where} ({one_line(cause)})"
+                    hint = "is nats-server running with JetStream (-js)? check PGCAST_BROKER"
+                    level = logging.WARNING
             else:
                 self.nc.options["max_reconnect_attempts"] = -1
                 self.js = self.nc.jetstream(timeout=5)
@@ -177,7 +186,9 @@ class BrokerLink:
 
     async def _on_error(self, exc: Exception) -> None:
         logger.debug("NATS: %s", one_line(exc))
-        if self.state is not LinkState.CONNECTING:  # connect() words its own errors
+        if self.state is LinkState.CONNECTING:  # connect() words its own errors
+            self._connect_error = exc
+        else:
             self.last_error = one_line(exc)
 
     async def _on_disconnected(self) -> None:
