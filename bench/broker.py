@@ -19,7 +19,9 @@ database per configuration. Two parts, each run for both modes side by side:
   client subscribed to the table; the writer commits ``--changes`` rows as fast as
   it can. Deliveries/s = change frames received by all clients / (last frame -
   writer start). Each load generator's CPU seconds are reported: a generator near
-  1 CPU-second per second of window would be the limit; the server side's own
+  1 CPU-second per second of window would be the limit (``--split``: the same total
+  of clients spread over the nodes, to ask what more nodes add for one audience);
+  the server side's own
   ``pgcast_deliveries_total`` is compared with the frames the clients counted.
 
 Prints one JSON line per configuration and a summary table (markdown) at the end.
@@ -198,6 +200,7 @@ async def delivery_run(
 ) -> dict[str, object]:
     env = mode_env(mode, nats_url)
     env["PGCAST_BROKER_STREAM"] = f"D{count}{os.getpid()}"
+    per_node = args.clients // count if args.split else args.clients
     async with scratch_database(args.dsn) as dsn:
         await prepare_table(dsn, TABLE, DDL, "pgcast")
         with fleet(dsn, count, env) as nodes:
@@ -209,11 +212,11 @@ async def delivery_run(
                         "--port",
                         str(port),
                         "--clients",
-                        str(args.clients),
+                        str(per_node),
                         "--table",
                         TABLE,
                         "--expect-total",
-                        str(args.clients * args.changes),
+                        str(per_node * args.changes),
                         "--timeout",
                         str(args.timeout),
                     ]
@@ -249,7 +252,8 @@ async def delivery_run(
         "mode": mode,
         "nodes": count,
         "deliveries": frames,
-        "expected": count * args.clients * args.changes,
+        "clients_per_node": per_node,
+        "expected": count * per_node * args.changes,
         "server_counted": int(served_after - served_before),
         "deliveries_per_s": round(frames / window) if window > 0 else 0,
         "window_s": round(window, 2),
@@ -276,7 +280,8 @@ def report(runs: list[dict[str, object]]) -> str:
             )
         else:
             lines.append(
-                f"| deliveries | {run['nodes']} | {run['mode']} | | | | {run['deliveries_per_s']} |"
+                f"| deliveries ({run['clients_per_node']} clients/node) | {run['nodes']} |"
+                f" {run['mode']} | | | | {run['deliveries_per_s']} |"
             )
     return "\n".join(lines)
 
@@ -286,11 +291,16 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dsn", default=DEFAULT_DSN)
-    parser.add_argument("--nodes", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--nodes", type=int, nargs="*", default=[1, 4, 8])
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--delivery-nodes", type=int, nargs="*", default=[1, 4])
-    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--clients", type=int, default=100, help="per node (see --split)")
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="--clients is the total, split across the nodes (same audience, more nodes)",
+    )
     parser.add_argument("--changes", type=int, default=500)
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
