@@ -163,6 +163,11 @@ class BrokerTier:
             lambda: feed.received,
         )
         registry.counter(
+            "pgcast_broker_bad_messages_total",
+            "Stream messages skipped because pgcast could not read them.",
+            lambda: feed.bad_messages,
+        )
+        registry.counter(
             "pgcast_broker_resubscribes_total",
             "Times the stream feed was subscribed again (lost NATS, stalled consumer).",
             lambda: feed.resubscribes,
