@@ -121,24 +121,56 @@ async def test_reader_takeover_when_the_reader_node_stops(
             assert b.broker.reader.leader
 
 
-async def test_resume_with_since_on_a_broker_node(
+async def resume_ids(client: Any, last: int, **subscribe: Any) -> list[int]:
+    """Subscribe with ``since``; the record ids of the changes up to record ``last``."""
+    reply = await client.subscribe("s", table="items", **subscribe)
+    assert reply["type"] in ("change", "subscribed"), reply
+    ids = [reply["record"]["id"]] if reply["type"] == "change" else []
+    while last not in ids:
+        [change] = await client.changes(1)
+        ids.append(change["record"]["id"])
+    return ids
+
+
+def resumed(ids: list[int], owed: list[int], held: set[int]) -> bool:
+    """``owed`` in order; anything else is a change the client holds (the conservative
+    window the log's replay sends too; the client drops it by id)."""
+    return [i for i in ids if i not in held] == owed and set(ids) - set(owed) <= held
+
+
+async def test_resume_with_since_is_served_from_the_stream_while_it_holds_it(
     database_url: str, conn: asyncpg.Connection, nats: NatsServer
 ) -> None:
     await make_items(conn)
     async with broker_node(database_url, nats) as a:
+        assert a.broker is not None
         async with ws_client(a) as client:
             await client.subscribe("s", table="items")
+            # A read before row 1's transaction began: the stream reaches back to it.
+            await conn.execute("INSERT INTO items VALUES (0, 0)")
+            await client.changes(1)
             await conn.execute("INSERT INTO items VALUES (1, 1)")
             [first] = await client.changes(1)
         await conn.executemany("INSERT INTO items VALUES ($1, $1)", [(i,) for i in range(2, 6)])
+
+        async def caught_up() -> bool:
+            return a.broker is not None and a.broker.feed.lag == 0 and a.changes_in >= 6
+
+        await wait_for(caught_up)
+        position = a.position()
+        await conn.executemany("INSERT INTO items VALUES ($1, $1)", [(i,) for i in range(6, 8)])
         async with ws_client(a) as client:
-            reply = await client.subscribe("s", table="items", since=first["id"])
-            assert reply["type"] in ("change", "subscribed")
-            got = await client.changes(4 if reply["type"] == "subscribed" else 3)
-            ids = [c["record"]["id"] for c in got]
-            if reply["type"] == "change":
-                ids.insert(0, reply["record"]["id"])
-            assert ids == [2, 3, 4, 5]
+            ids = await resume_ids(client, 7, since=first["id"])
+            assert resumed(ids, [2, 3, 4, 5, 6, 7], held={0, 1}), ids
+        async with ws_client(a) as client:  # an exact position: exactly what followed it
+            assert await resume_ids(client, 7, since=position) == [6, 7]
+        assert a.catch_ups.stream_replays == 2  # neither replay read the log
+        # A position the stream does not reach back to (the stream began with row
+        # 0's read): served from the log.
+        await conn.execute("INSERT INTO items VALUES (8, 8)")
+        async with ws_client(a) as client:
+            assert await resume_ids(client, 8, since="0") == list(range(0, 9))
+        assert a.catch_ups.stream_replays == 2
 
 
 async def test_a_node_started_before_nats_waits_and_then_serves(

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
+from pgcast.changelog import Acquire
 from pgcast.events import ChangeEvent, Horizon
 from pgcast.metrics import Registry
 
@@ -20,6 +22,7 @@ from .codec import StreamEntry
 from .feed import StreamFeed
 from .link import BrokerLink, LinkState
 from .reader import StreamReader
+from .replay import stream_replay
 
 if TYPE_CHECKING:
     from pgcast.node import Node
@@ -49,6 +52,14 @@ class BrokerTier:
             probe_timeout=settings.probe_interval,
         )
         self.last_dispatch_at: float | None = None
+        node.catch_ups.stream_source = self._stream_replay
+
+    async def _stream_replay(
+        self, acquire: Acquire, since: int | Horizon, schema: str, table: str, events: list[str]
+    ) -> AsyncGenerator[list[ChangeEvent] | Horizon, None] | None:
+        return await stream_replay(
+            self.feed, acquire, since=since, schema=schema, table=table, events=events
+        )
 
     async def start(self, *, retry: bool) -> None:
         """Connect (waiting for NATS with ``retry``), stand for reader, start the feed.
@@ -161,6 +172,11 @@ class BrokerTier:
             "pgcast_broker_received_total",
             "Stream messages this node received.",
             lambda: feed.received,
+        )
+        registry.counter(
+            "pgcast_broker_stream_replays_total",
+            "Resumes (`since`) served from the stream instead of the log.",
+            lambda: self.node.catch_ups.stream_replays,
         )
         registry.counter(
             "pgcast_broker_bad_messages_total",
