@@ -56,7 +56,7 @@ from .changelog import (
 )
 from .config import Settings
 from .events import ChangeEvent, Horizon
-from .exceptions import CatchUpAborted, ProtocolError
+from .exceptions import BrokerError, CatchUpAborted, ProtocolError
 from .hub import Subscription
 from .metrics import Registry
 from .protocol import CloseCode, ErrorCode
@@ -69,6 +69,10 @@ logger = logging.getLogger("pgcast.catch_up")
 MAX_PASSES = 4
 CHUNK_ROWS = 500  # snapshot rows per `snapshot` message
 PAGE_ROWS = 1000  # changes per replay page (one statement, one drain)
+
+# What a catch-up's reads raise when the database (or, for a replay from the stream,
+# NATS) fails: the subscribe is answered `unavailable` and the client retries.
+_CATCH_UP_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, BrokerError)
 
 CatchUpItem = TableRows | list[ChangeEvent] | Replay | Horizon
 StreamSource = Callable[
@@ -320,7 +324,7 @@ class CatchUps:
         self.active += 1
         try:
             horizon = await self._passes(conn, sub, items, keep, progress, acquire)
-        except DATABASE_ERRORS as exc:
+        except _CATCH_UP_ERRORS as exc:
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, f"could not read the change log: {exc}"
             ) from None

@@ -5,9 +5,10 @@ An ordered consumer (ephemeral, in-memory on the server, flow-controlled, no ack
 nats-py recreates it from the next stream sequence when heartbeats stop or a
 sequence is skipped, and this feed recreates it itself when the subscription or the
 connection fails. Either way it continues from ``last_seq + 1``: a node that loses
-NATS resumes where it was. A stream sequence that does not follow the last one means
-the stream dropped messages the node never saw (its limits, a purge): the node tells
-its subscribers to resync, as for a pruned log.
+NATS resumes where it was. A consumer that skips sequences (nats-py resets it under
+load) is subscribed again from the last one received; only when the stream itself
+no longer holds them (its limits, a purge) does the node tell its subscribers to
+resync, as for a pruned log.
 
 Starting point: the stream's last message when the feed starts. Every change at or
 before it was read by the reader before this node's first catch-up took its horizon,
@@ -67,6 +68,7 @@ class StreamFeed:
         self.bad_messages = 0
         self.last_error: str | None = None
         self._batch: list[StreamEntry] = []
+        self._skipped = False  # a sequence was skipped: resubscribe before taking more
         self._flush_scheduled = False
         self._sub: Any = None
         self._started = asyncio.Event()
@@ -122,6 +124,17 @@ class StreamFeed:
             await self._start_at_tail(info)
         else:
             self.resubscribes += 1
+            first = info.state.first_seq
+            if first > self.last_seq + 1:  # gone from the stream (limits, a purge)
+                logger.error(
+                    "stream %r no longer holds sequences %d-%d (limits or a purge): resync",
+                    link.stream,
+                    self.last_seq + 1,
+                    first - 1,
+                )
+                self._on_gap(self.position.head if self.position else 0)
+                self.last_seq = first - 1
+        self._skipped = False
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self.last_seq + 1,
@@ -170,6 +183,8 @@ class StreamFeed:
                 self._on_gap(self.position.head if self.position else 0)
                 self.last_seq = 0
                 raise BrokerError(f"stream {self.link.stream!r} was reset")
+            if self._skipped:
+                raise BrokerError("the consumer skipped messages: subscribing again")
             if self.received != seen or self.stream_last_seq == self.last_seq:
                 progress_at, seen = time.monotonic(), self.received
             elif time.monotonic() - progress_at > STALL_AFTER:
@@ -211,15 +226,19 @@ class StreamFeed:
             return  # not a stream message (a status the client did not consume)
         if seq <= self.last_seq:
             return  # redelivered after a consumer reset: already handed over
-        if seq != self.last_seq + 1:
-            self._flush()
-            logger.error(
-                "stream %r skipped sequences %d-%d (limits or a purge): resync",
-                self.link.stream,
-                self.last_seq + 1,
-                seq - 1,
-            )
-            self._on_gap(self.position.head if self.position else 0)
+        if seq != self.last_seq + 1 or self._skipped:
+            # The consumer skipped messages (nats-py reset it under load, say): they
+            # are still in the stream. Take nothing more until _watch subscribes
+            # again from last_seq + 1.
+            if not self._skipped:
+                logger.warning(
+                    "stream %r: consumer skipped from %d to %d; subscribing again",
+                    self.link.stream,
+                    self.last_seq,
+                    seq,
+                )
+            self._skipped = True
+            return
         self.last_seq = seq
         self.last_msg_id = (msg.headers or {}).get(codec.MSG_ID)
         self.pending = meta.num_pending

@@ -156,22 +156,24 @@ async def _pages(
     if start > end:
         return
     link = feed.link
-    sub = await link.js.subscribe(
-        link.subject,
-        stream=link.stream,
-        ordered_consumer=True,
-        config=api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
-        ),
-    )
+    sub = None
     try:
+        sub = await link.js.subscribe(
+            link.subject,
+            stream=link.stream,
+            ordered_consumer=True,
+            config=api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+            ),
+        )
         page: list[ChangeEvent] = []
         seq = start - 1
         while seq < end:
             msg = await sub.next_msg(timeout=10)
-            seq = msg.metadata.sequence.stream
-            if seq > end:
-                break
+            got = msg.metadata.sequence.stream
+            if got != seq + 1:  # a consumer reset skipped some: the caller retries
+                raise BrokerError(f"stream replay skipped from {seq} to {got}")
+            seq = got
             change = codec.decode(msg.data, msg.headers).change
             if (
                 change is not None
@@ -186,6 +188,11 @@ async def _pages(
                     page = []
         if page:
             yield page
+    except NATS_ERRORS as exc:
+        if isinstance(exc, BrokerError):
+            raise
+        raise BrokerError(f"stream replay failed: {exc}") from None
     finally:
-        with contextlib.suppress(*NATS_ERRORS):
-            await sub.unsubscribe()
+        if sub is not None:
+            with contextlib.suppress(*NATS_ERRORS):
+                await sub.unsubscribe()
