@@ -143,6 +143,9 @@ def fleet(dsn: str, count: int, env: dict[str, str]) -> Iterator[list[tuple[int,
         yield nodes
 
 
+_RUNS = iter(range(1, 1_000_000))
+
+
 def mode_env(mode: str, nats_url: str) -> dict[str, str]:
     env = {**LOAD_ENV, "PGCAST_POLL_INTERVAL": "1"}
     if mode == "nats":
@@ -154,7 +157,7 @@ async def load_run(
     args: argparse.Namespace, mode: str, count: int, nats_url: str
 ) -> dict[str, object]:
     env = mode_env(mode, nats_url)
-    env["PGCAST_BROKER_STREAM"] = f"L{count}{os.getpid()}"
+    env["PGCAST_BROKER_STREAM"] = f"L{next(_RUNS)}x{os.getpid()}"  # one per database
     counter = (
         "pgcast_log_reads_total" if mode == "postgres" else "pgcast_broker_reader_log_reads_total"
     )
@@ -199,7 +202,7 @@ async def delivery_run(
     args: argparse.Namespace, mode: str, count: int, nats_url: str
 ) -> dict[str, object]:
     env = mode_env(mode, nats_url)
-    env["PGCAST_BROKER_STREAM"] = f"D{count}{os.getpid()}"
+    env["PGCAST_BROKER_STREAM"] = f"D{next(_RUNS)}x{os.getpid()}"  # one per database
     per_node = args.clients // count if args.split else args.clients
     async with scratch_database(args.dsn) as dsn:
         await prepare_table(dsn, TABLE, DDL, "pgcast")

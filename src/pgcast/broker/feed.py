@@ -196,11 +196,13 @@ class StreamFeed:
     async def _holds_last(self) -> bool:
         """Whether the stream still holds the last message this node received (the
         stream's state may simply predate the messages received since it was read)."""
+        # Both read before the await: messages keep arriving meanwhile.
+        seq, msg_id = self.last_seq, self.last_msg_id
         try:
-            msg = await self.link.js.get_msg(self.link.stream, self.last_seq)
+            msg = await self.link.js.get_msg(self.link.stream, seq)
         except nats.js.errors.NotFoundError:
             return False
-        return bool((msg.headers or {}).get(codec.MSG_ID) == self.last_msg_id)
+        return bool((msg.headers or {}).get(codec.MSG_ID) == msg_id)
 
     @property
     def lag(self) -> int:
