@@ -41,7 +41,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncGenerator, AsyncIterator, Hashable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 from . import protocol
@@ -56,7 +56,7 @@ from .changelog import (
 )
 from .config import Settings
 from .events import ChangeEvent, Horizon
-from .exceptions import CatchUpAborted, ProtocolError
+from .exceptions import BrokerError, CatchUpAborted, ProtocolError
 from .hub import Subscription
 from .metrics import Registry
 from .protocol import CloseCode, ErrorCode
@@ -70,7 +70,15 @@ MAX_PASSES = 4
 CHUNK_ROWS = 500  # snapshot rows per `snapshot` message
 PAGE_ROWS = 1000  # changes per replay page (one statement, one drain)
 
+# What a catch-up's reads raise when the database (or, for a replay from the stream,
+# NATS) fails: the subscribe is answered `unavailable` and the client retries.
+_CATCH_UP_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, BrokerError)
+
 CatchUpItem = TableRows | list[ChangeEvent] | Replay | Horizon
+StreamSource = Callable[
+    [Acquire, int | Horizon, str, str, list[str]],
+    Awaitable[AsyncGenerator[list[ChangeEvent] | Horizon, None] | None],
+]
 
 
 class _Waiter:
@@ -182,6 +190,10 @@ class CatchUps:
         self.settings = settings
         self.unreadable = unreadable
         self.pool: Any = None  # set once the gateway connected
+        # With a broker: serves `since` from the stream when it holds the position
+        # (pgcast.broker.replay); None from it means "replay from the log".
+        self.stream_source: StreamSource | None = None
+        self.stream_replays = 0
         self.gate = CatchUpGate(max(1, settings.pool_size - 1))
         self.active = 0  # subscriptions catching up (running or waiting)
         self.slow_closes = 0
@@ -290,20 +302,29 @@ class CatchUps:
             )
         else:
             assert since is not None
-            items = replay(
-                acquire,
-                since=since,
-                schema=sub.schema,
-                table=sub.table,
-                events=events,
-                timeout=self.timeout,
-                page_size=PAGE_ROWS,
-            )
+            from_stream = None
+            if self.stream_source is not None:
+                from_stream = await self.stream_source(
+                    acquire, since, sub.schema, sub.table, events
+                )
+            if from_stream is not None:
+                self.stream_replays += 1
+                items = from_stream
+            else:
+                items = replay(
+                    acquire,
+                    since=since,
+                    schema=sub.schema,
+                    table=sub.table,
+                    events=events,
+                    timeout=self.timeout,
+                    page_size=PAGE_ROWS,
+                )
         progress = _Progress()
         self.active += 1
         try:
             horizon = await self._passes(conn, sub, items, keep, progress, acquire)
-        except DATABASE_ERRORS as exc:
+        except _CATCH_UP_ERRORS as exc:
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, f"could not read the change log: {exc}"
             ) from None

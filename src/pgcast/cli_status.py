@@ -32,8 +32,10 @@ async def cmd_status(args: argparse.Namespace) -> int:
         tables = await installer.tracked_tables(conn)
         stats = await installer.log_stats(conn)
         listeners = await conn.fetch(
-            "SELECT pid, client_addr::text AS addr, backend_start, state "
-            "FROM pg_stat_activity WHERE application_name = 'pgcast-listener' "
+            "SELECT pid, client_addr::text AS addr, backend_start, state, application_name "
+            "FROM pg_stat_activity "
+            # pgcast-reader: the broker tier's one elected reader (docs/scaling.md)
+            "WHERE application_name IN ('pgcast-listener', 'pgcast-reader') "
             "AND datname = current_database()"
         )
         queue = await conn.fetchval("SELECT pg_notification_queue_usage()")
@@ -69,6 +71,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
                 "client": r["addr"],
                 "state": r["state"],
                 "since": r["backend_start"].isoformat(),
+                "role": "broker reader" if r["application_name"] == "pgcast-reader" else "node",
             }
             for r in listeners
         ],
@@ -94,7 +97,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
     print(
         f"gateway LISTEN connections: {len(listeners)}"
         + "".join(
-            f"\n  pid {r['pid']} from {r['client']} since {r['since']}" for r in report["listeners"]
+            f"\n  pid {r['pid']} from {r['client']} since {r['since']} ({r['role']})"
+            for r in report["listeners"]
         )
     )
     print(f"notification queue usage: {queue:.1%}")

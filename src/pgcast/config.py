@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pgcast.broker.address import parse_broker, parse_stream_name
 from pgcast.channels import CHANNEL_PATTERN, MAX_CHANNEL_LENGTH, channel_matches
 from pgcast.client_address import Network, parse_networks
 from pgcast.exceptions import ConfigError
@@ -342,6 +343,8 @@ _PARSERS: dict[str, _Parser] = {
     "catch_up_queue_timeout": _parse_seconds,
     "catch_up_buffer_limit": _parse_buffer_limit,
     "admin_token": _parse_admin_token,
+    "broker": parse_broker,
+    "broker_stream": parse_stream_name,
     "presence_heartbeat": _parse_seconds,
     "presence_timeout": _parse_seconds,
 }
@@ -388,6 +391,10 @@ class Settings:
     # Bearer token of the operator's console at /console (pgcast.console); None: the
     # console is off (404).
     admin_token: str | None = None
+    # NATS server URL(s): one elected reader publishes the log to a JetStream stream
+    # and every node consumes it (docs/scaling.md). None: each node reads the log.
+    broker: str | None = None
+    broker_stream: str = "PGCAST"  # the JetStream stream; one per database
     # Presence across nodes (pgcast.tracker): each node sends a heartbeat every
     # presence_heartbeat seconds; a node silent for presence_timeout seconds has its
     # presence entries removed everywhere (within presence_timeout + 1 s).
@@ -413,6 +420,8 @@ class Settings:
             values["database_url"] = redact_url(self.database_url)
         if self.admin_token is not None:
             values["admin_token"] = "***"  # noqa: S105 - the redaction mark, not a secret
+        if self.broker is not None:
+            values["broker"] = ",".join(redact_url(url) for url in self.broker.split(","))
         return values
 
     def __repr__(self) -> str:

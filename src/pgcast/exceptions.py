@@ -7,6 +7,7 @@
     ├── IdentifierError      a table or channel name that cannot be used safely
     ├── CaptureError         track / untrack / prune could not be applied
     ├── DatabaseUnavailable  no PostgreSQL reachable (or embedded one failed to start)
+    ├── BrokerError          the NATS broker is unreachable, refuses us, or lacks the stream
     ├── RowImageError        a row image that cannot be read to evaluate a filter or rule
     ├── CatchUpAborted       a snapshot/replay stopped: its client was too slow or left
     ├── BusError             a message between gateway nodes could not be sent
@@ -55,6 +56,11 @@ class CaptureError(PgcastError):
 
 class DatabaseUnavailable(PgcastError):
     """PostgreSQL could not be reached or started."""
+
+
+class BrokerError(PgcastError):
+    """The broker (NATS JetStream) is unreachable, refuses the credentials, lacks the
+    stream, or sent a message pgcast cannot read."""
 
 
 class RowImageError(PgcastError):

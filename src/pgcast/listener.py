@@ -71,8 +71,12 @@ class Listener:
         fast_poll_interval: float = 0.001,
         probe_timeout: float = 5.0,
         backoff_factory: Callable[[], Iterator[float]] = backoff,
+        read_log: bool = True,
     ) -> None:
         self.dsn = dsn
+        # False with a broker: the stream brings the changes, this connection only
+        # carries the raw channels' LISTENs (and is opened on the first of them).
+        self.read_log = read_log
         self._on_changes = on_changes
         self._on_message = on_message
         self._on_gap = on_gap
@@ -101,6 +105,10 @@ class Listener:
         self._conn: Any = None
 
     # public API --------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
 
     def start(self) -> None:
         if self._task is not None:
@@ -191,7 +199,9 @@ class Listener:
         conn = await asyncpg.connect(
             self.dsn,
             timeout=self.probe_timeout,
-            server_settings={"application_name": "pgcast-listener"},
+            server_settings={
+                "application_name": "pgcast-listener" if self.read_log else "pgcast-channels"
+            },
         )
         self._conn = conn
         lost = asyncio.Event()
@@ -201,6 +211,8 @@ class Listener:
             self._wake.set()
 
         conn.add_termination_listener(on_terminate)
+        if not self.read_log:
+            await self._serve_channels(conn, lost)
         await conn.add_listener(CHANNEL, self._on_notify)
         self.backend_pid = conn.get_server_pid()
         if not self.cursor.initialized:
@@ -254,6 +266,18 @@ class Listener:
                 async with asyncio.timeout(step.delay):
                     await self._wake.wait()
             self._wake.clear()
+
+    async def _serve_channels(self, conn: Any, lost: asyncio.Event) -> None:
+        self.state = ListenerState.LISTENING
+        self._ready.set()
+        while not lost.is_set():
+            await self._sync_channels(conn)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval + self.probe_timeout):
+                    await self._wake.wait()
+            self._wake.clear()
+            await conn.fetchval("SELECT 1", timeout=self.probe_timeout)  # liveness
+        raise ConnectionLost("connection terminated")
 
     def _adapt_page_size(self, changes: list[ChangeEvent]) -> None:
         """Size the next page to about PAGE_BYTES of row images (big rows, small pages):

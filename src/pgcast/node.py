@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -39,7 +39,7 @@ from .console_feed import NodeList
 from .console_feed import run as feed_console
 from .console_stats import SampleRing
 from .events import ChangeEvent, Horizon
-from .exceptions import RowImageError
+from .exceptions import ConfigError, RowImageError
 from .filters import Filter
 from .hooks import ChangeHooks, HookFunction
 from .hub import Hub, Subscription
@@ -56,6 +56,9 @@ from .topics import check_topic
 from .transports import Connection, Refusal
 from .transports.pending import PendingRequests
 from .unreadable import UnreadableRows, describe
+
+if TYPE_CHECKING:
+    from .broker.tier import BrokerTier
 
 logger = logging.getLogger("pgcast.server")
 
@@ -107,6 +110,7 @@ class Node:
             poll_interval=settings.poll_interval,
             fast_poll_interval=settings.fast_poll_interval,
             probe_timeout=settings.probe_interval,
+            read_log=settings.broker is None,
         )
         self.changes_in = 0
         self.deliveries_out = 0
@@ -127,10 +131,22 @@ class Node:
         self.hooks.register_metrics(self.metrics_registry)
         # WAL capture: one gateway per database (elected) appends decoded changes to
         # the log and wakes its reader; the others' readers find the rows by polling.
-        self.wal = WalConsumer(dsn, on_appended=self.listener.wake)
+        self.wal = WalConsumer(
+            dsn,
+            on_appended=self._appended,
+            # With a broker the fleet is meant to grow: wait for the slot through
+            # the pool, not on a connection per node (pgcast.election).
+            pool=(lambda: self.pool) if settings.broker is not None else None,
+        )
         self.wal.register_metrics(self.metrics_registry)
+        # The broker tier (settings.broker): one elected reader publishes the log to
+        # NATS JetStream, and this node's changes come from the stream.
+        self.broker: BrokerTier | None = None
+        if settings.broker is not None:
+            self.broker = _broker_tier(self)
+            self.broker.register_metrics(self.metrics_registry)
         self.realtime = Realtime(
-            bus if bus is not None else PostgresBus(dsn),
+            bus if bus is not None else self._default_bus(),
             self.auth.limits,
             heartbeat_interval=settings.presence_heartbeat,
             node_timeout=settings.presence_timeout,
@@ -172,12 +188,18 @@ class Node:
         self._catalog = Catalog(self._pool)
         self.catch_ups.pool = self._pool
         self.hooks.start()  # before the listener: no change may pass unseen
-        self.listener.start()
         self.wal.start()
-        if not await self.listener.wait_ready(ready_timeout):
-            logger.warning(
-                "PostgreSQL LISTEN not ready yet (%s); serving anyway", self.listener.last_error
-            )
+        if self.broker is not None:
+            # Waits for NATS (with retry) and the stream: the feed must run before
+            # any catch-up takes its horizon.
+            await self.broker.start(retry=retry)
+        else:
+            self.listener.start()
+            if not await self.listener.wait_ready(ready_timeout):
+                logger.warning(
+                    "PostgreSQL LISTEN not ready yet (%s); serving anyway",
+                    self.listener.last_error,
+                )
         await self.realtime.start()
         self._spawn(self._housekeeping(), "pgcast-housekeeping")
         if self.settings.admin_token is not None:
@@ -202,6 +224,8 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.wal.stop()
+        if self.broker is not None:
+            await self.broker.stop()
         await self.listener.stop()
         await self.hooks.stop(timeout=timeout)
         if self._pool is not None:
@@ -210,6 +234,21 @@ class Node:
                     await self._pool.close()
             except TimeoutError:  # a connection to a dead server never answers
                 self._pool.terminate()
+
+    def _default_bus(self) -> Bus:
+        """NATS core subjects when a broker is configured, else LISTEN/NOTIFY."""
+        if self.broker is not None:
+            from .broker.bus import NatsBus
+
+            return NatsBus(self.broker.link)
+        return PostgresBus(self.dsn)
+
+    def _appended(self) -> None:
+        """The WAL consumer appended to the log: read it now."""
+        if self.broker is not None:
+            self.broker.wake()
+        else:
+            self.listener.wake()
 
     def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -335,6 +374,9 @@ class Node:
         A client that resumes from it gets every change the gateway had not yet
         dispatched when it connected: nothing earlier, nothing missed.
         """
+        if self.broker is not None:
+            at = self.broker.position()
+            return None if at is None else at.encode()
         cursor = self.listener.cursor
         if not cursor.initialized:
             return None
@@ -362,6 +404,8 @@ class Node:
 
     async def listen(self, sub: Subscription) -> bool:
         assert sub.channel is not None
+        if not self.listener.started:  # with a broker: on the first raw channel
+            self.listener.start()
         return await self.listener.listen(sub.channel, timeout=self.settings.probe_interval)
 
     async def notify(self, channel: str, payload: str) -> None:
@@ -407,6 +451,17 @@ class Node:
 
     def health(self) -> dict[str, Any]:
         return node_health(self)
+
+
+def _broker_tier(node: Node) -> BrokerTier:
+    try:
+        from .broker.tier import BrokerTier
+    except ImportError as exc:
+        raise ConfigError(
+            f"the broker setting needs the nats-py package ({exc})",
+            hint="pip install 'pgcast[nats]'",
+        ) from None
+    return BrokerTier(node)
 
 
 def _epoch(timestamp: str) -> float:

@@ -101,8 +101,14 @@ def build_metrics(self: Node) -> Registry:
 
 def health(self: Node) -> dict[str, Any]:
     listener = self.listener
-    ok = listener.state is ListenerState.LISTENING
-    return {
+    broker = self.broker
+    if broker is None:
+        ok = listener.state is ListenerState.LISTENING
+        lag = listener.lag_seconds
+    else:  # the stream brings the changes; the listener only carries raw channels
+        ok = broker.ok and listener.state in (ListenerState.LISTENING, ListenerState.CONNECTING)
+        lag = broker.lag_seconds()
+    document: dict[str, Any] = {
         "status": "ok" if ok else "degraded",
         "clients": len(self.connections.clients),
         "subscriptions": self.hub.subscription_count(),
@@ -113,10 +119,13 @@ def health(self: Node) -> dict[str, Any]:
             "position": str(listener.cursor.last_id),
             "last_error": listener.last_error,
         },
-        "lag_seconds": listener.lag_seconds,
+        "lag_seconds": lag,
         "catch_up": self.catch_ups.health(),
         "realtime": self.realtime.health(),
         "changes_in": self.changes_in,
         "deliveries_out": self.deliveries_out + self.catch_ups.deliveries,
         "uptime_seconds": round(time.time() - self.started_at, 3),
     }
+    if broker is not None:
+        document["broker"] = broker.health()
+    return document

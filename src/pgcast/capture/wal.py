@@ -57,6 +57,7 @@ from pgcast.capture.pgoutput import Begin, Commit, Delete, Insert, Relation, Tru
 from pgcast.capture.sql import CHANNEL, WAKE_CLAIM
 from pgcast.capture.wal_batch import LogRow, build_insert, merge_unchanged
 from pgcast.changelog import DATABASE_ERRORS
+from pgcast.election import lock_is_free
 from pgcast.exceptions import CaptureError
 from pgcast.metrics import Registry
 
@@ -116,8 +117,12 @@ class WalConsumer:
         batch_rows: int = 5000,
         retry_interval: float = 1.0,
         status_interval: float = 1.0,
+        pool: Callable[[], Any] | None = None,
     ) -> None:
         self.dsn = dsn
+        # Given (a broker fleet), candidates wait through the pool instead of each
+        # holding a connection (pgcast.election).
+        self._pool = pool
         self.on_appended = on_appended
         self.batch_rows = batch_rows
         self.retry_interval = retry_interval
@@ -195,10 +200,23 @@ class WalConsumer:
             self.leader = False
             await asyncio.sleep(next(delays))
 
+    async def _wait_until_free(self) -> None:
+        assert self._pool is not None
+        while True:
+            async with self._pool().acquire() as conn:
+                self.slot = await wal_setup.slot_status(conn)
+                if await lock_is_free(conn, WAL_LOCK_KEY, timeout=10):
+                    return
+            await asyncio.sleep(self.retry_interval)
+
     async def _elect_and_consume(self) -> None:
+        if self._pool is not None:
+            await self._wait_until_free()
         conn = await asyncpg.connect(self.dsn, server_settings=_SESSION_SETTINGS)
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WAL_LOCK_KEY):
+                if self._pool is not None:
+                    return  # lost the race: wait through the pool again
                 self.slot = await wal_setup.slot_status(conn)
                 await asyncio.sleep(self.retry_interval)
             self.leader = True
