@@ -173,7 +173,7 @@ def test_token_claims_are_read_exactly_and_bind_rules_exactly() -> None:
 
 
 def test_python_client_and_hooks_read_numbers_beyond_a_float() -> None:
-    from pgcast.client._connection import _decode
+    from pgcast.client._link import decode as _decode
     from pgcast.hooks import decode
 
     frame = _decode('{"type": "change", "record": {"a": 1e400, "b": ' + HUGE + "}}")

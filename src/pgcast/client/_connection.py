@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import decimal
 import enum
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-import orjson
 from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed
 
 from pgcast.backoff import backoff
+from pgcast.client._link import decode, keep_alive, open_link, server_close
 from pgcast.client._protocol import (
     CloseAction,
     close_action,
@@ -60,8 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("pgcast.client")
-
-_PING = encode({"type": "ping"})
 
 
 # -- states -------------------------------------------------------------------------
@@ -370,37 +365,16 @@ class Client:
 
     async def _connect_once(self) -> ConnectionRejected | None:
         """One connection, start to end. A rejection, or None to reconnect."""
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
-        try:
-            ws = await ws_connect(
-                self.url,
-                additional_headers=headers,
-                open_timeout=self._open_timeout,
-                close_timeout=self._close_timeout,
-                ping_interval=None,  # application-level ping/pong, see _heartbeat
-                max_size=self._max_size,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status in (401, 403):
-                code = 4501 if status == 401 else 4502
-                reason = (
-                    exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
-                )
-                return ConnectionRejected(code, reason, http_status=status)
-            logger.warning("connecting to %s failed: %s", self.url, exc)
-            return None
-        except (TimeoutError, WebSocketException) as exc:
-            logger.warning("connecting to %s failed: %s", self.url, exc)
-            return None
-        except OSError as exc:
-            # Nothing listens there (the usual first-run mistake): say what to start.
-            logger.warning(
-                "cannot reach a gateway at %s (%s): is `pgcast serve` running there? retrying",
-                self.url,
-                " ".join(str(exc).split()),
-            )
-            return None
+        opened = await open_link(
+            self.url,
+            self._token,
+            open_timeout=self._open_timeout,
+            close_timeout=self._close_timeout,
+            max_size=self._max_size,
+        )
+        if not isinstance(opened, ClientConnection):
+            return opened
+        ws = opened
         try:
             return await self._serve(ws)
         finally:
@@ -417,8 +391,8 @@ class Client:
             logger.warning("no welcome from %s within %ss", self.url, self._open_timeout)
             return None
         except ConnectionClosed as exc:
-            return self._after_close(ws, *_server_close(exc))
-        welcome = _decode(raw)
+            return self._after_close(ws, *server_close(exc))
+        welcome = decode(raw)
         if welcome is None or welcome.get("type") != "welcome":
             logger.warning("expected welcome from %s, got %r", self.url, raw)
             return None
@@ -434,7 +408,10 @@ class Client:
         self._set_status(ClientStatus.LIVE)
         resend = [s for s in self._subs.values() if s.state is not SubscriptionState.SUSPENDED]
         reader = asyncio.create_task(self._read(ws, resend), name="pgcast-client reader")
-        heartbeat = asyncio.create_task(self._heartbeat(ws), name="pgcast-client heartbeat")
+        heartbeat = asyncio.create_task(
+            keep_alive(ws, self._ping_interval, self._ping_timeout, self._activity, self.url),
+            name="pgcast-client heartbeat",
+        )
         tasks = {reader, heartbeat}
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -481,30 +458,13 @@ class Client:
             while True:
                 raw = await ws.recv()
                 self._activity.set()
-                frame = _decode(raw)
+                frame = decode(raw)
                 if frame is None:
                     logger.warning("ignoring malformed frame from gateway: %r", raw[:200])
                     continue
                 await self._dispatch(frame, ws)
         except ConnectionClosed as exc:
-            return _server_close(exc)
-
-    async def _heartbeat(self, ws: ClientConnection) -> tuple[int | None, str]:
-        try:
-            while True:
-                await asyncio.sleep(self._ping_interval)
-                self._activity.clear()
-                await ws.send(_PING)
-                try:
-                    async with asyncio.timeout(self._ping_timeout):
-                        await self._activity.wait()
-                except TimeoutError:
-                    logger.warning(
-                        "no pong from %s within %ss; reconnecting", self.url, self._ping_timeout
-                    )
-                    return None, "heartbeat timeout"
-        except ConnectionClosed as exc:
-            return _server_close(exc)
+            return server_close(exc)
 
     async def _dispatch(self, frame: dict[str, Any], ws: ClientConnection) -> None:
         kind = frame.get("type")
@@ -561,36 +521,6 @@ class Client:
     async def _retry_subscribe(self, sub: Subscription, delay: float) -> None:
         await asyncio.sleep(delay)  # backoff before asking a recovering gateway again
         await self._resubscribe(sub)
-
-
-def _decode(raw: str | bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # orjson refuses numbers beyond the float range (a numeric 1e400): read those
-        # exactly rather than drop the change.
-        value = None
-        for parse_int in (int, decimal.Decimal):  # Decimal past int's 4,300-digit limit
-            try:
-                value = json.loads(raw, parse_float=decimal.Decimal, parse_int=parse_int)
-                break
-            except (ValueError, RecursionError):
-                continue
-    return value if isinstance(value, dict) else None
-
-
-def _server_close(exc: ConnectionClosed) -> tuple[int | None, str]:
-    """The close code the gateway chose, or None if it chose none.
-
-    A close we initiated (e.g. 1009 because a frame from the gateway exceeded
-    max_size) is not the gateway's verdict, so it is reported as None (reconnect).
-    """
-    received, sent = exc.rcvd, exc.sent
-    if received is None:
-        return None, ""
-    if sent is not None and not exc.rcvd_then_sent:
-        return None, received.reason
-    return received.code, received.reason
 
 
 def connect(
