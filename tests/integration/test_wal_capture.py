@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +257,42 @@ async def test_a_replayed_stream_is_not_appended_twice(
     finally:
         await consumer.stop()
     assert await logged_ids(wconn) == list(range(1, 52))
+
+
+async def test_retry_delay_starts_over_after_a_session_that_streamed(
+    wal_dsn: str, wconn: asyncpg.Connection
+) -> None:
+    """A consumer whose sessions end after streaming waits the shortest delay again,
+    not an ever longer one (the backoff starts over: one new series per such end)."""
+    from pgcast.capture.wal import WalConsumer
+
+    await wconn.execute(ORDERS)
+    await track(wconn, parse_table_name("orders"), capture="wal")
+    series = 0
+
+    def factory() -> Iterator[float]:
+        nonlocal series
+        series += 1
+        return itertools.repeat(0.05)
+
+    consumer = WalConsumer(wal_dsn, retry_interval=0.05, backoff_factory=factory)
+    consumer.start()
+    try:
+        for n in range(1, 4):
+            await wconn.execute("INSERT INTO orders (amount) VALUES ($1)", n)
+            await wait_logged(wconn, n)  # this session streamed
+            await wconn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'pgcast-wal-stream' AND datname = current_database()"
+            )
+
+            async def restarted(n: int = n) -> bool:
+                return series == n
+
+            await wait_for(restarted, 20)
+    finally:
+        await consumer.stop()
+    assert await logged_ids(wconn) == [1, 2, 3]
 
 
 async def test_second_gateway_waits_and_takes_over_when_the_first_stops(

@@ -45,7 +45,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,12 +116,17 @@ class WalConsumer:
         batch_rows: int = 5000,
         retry_interval: float = 1.0,
         status_interval: float = 1.0,
+        backoff_factory: Callable[[], Iterator[float]] | None = None,
     ) -> None:
         self.dsn = dsn
         self.on_appended = on_appended
         self.batch_rows = batch_rows
         self.retry_interval = retry_interval
         self.status_interval = status_interval
+        self._backoff_factory = backoff_factory or (
+            lambda: backoff(initial=retry_interval, maximum=max(retry_interval, 10.0))
+        )
+        self._streamed = False  # the current session opened the stream
         self.leader = False
         self.appended = 0  # log rows written by this consumer
         self.transactions = 0  # source transactions completed
@@ -178,13 +183,11 @@ class WalConsumer:
         self.leader = False
 
     async def _run(self) -> None:
-        delays = backoff(initial=self.retry_interval, maximum=max(self.retry_interval, 10.0))
+        delays: Iterator[float] | None = None
         while True:
+            self._streamed = False
             try:
                 await self._elect_and_consume()
-                delays = backoff(
-                    initial=self.retry_interval, maximum=max(self.retry_interval, 10.0)
-                )
             except asyncio.CancelledError:
                 raise
             except _RETRYABLE as exc:
@@ -193,6 +196,12 @@ class WalConsumer:
             except Exception:
                 logger.exception("WAL consumer failed; retrying")
             self.leader = False
+            # Back off only across sessions that failed before streaming: after a
+            # session that streamed (however it ended) start again from the shortest
+            # delay, or a consumer that lost a few long sessions over days would wait
+            # the maximum after every later blip.
+            if delays is None or self._streamed:
+                delays = self._backoff_factory()
             await asyncio.sleep(next(delays))
 
     async def _elect_and_consume(self) -> None:
@@ -234,6 +243,7 @@ class WalConsumer:
         fd = repl.cursor.fileno()
         loop.add_reader(fd, readable.set)
         self.last_error = None
+        self._streamed = True
         logger.info("WAL consumer streaming slot %s", slot)
         pending: list[_Pending] = []
         confirmable = 0  # end LSN of the last complete transaction read
