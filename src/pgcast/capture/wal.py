@@ -311,17 +311,16 @@ class WalConsumer:
         fresh: list[_Pending] = []
         if pending:
             async with conn.transaction():
-                await conn.execute(
-                    "INSERT INTO pgcast.state (key, value) VALUES ($1, $2) "
-                    "ON CONFLICT (key) DO NOTHING",
-                    _STATE_KEY,
-                    str(WalPosition()),
-                )
-                position = WalPosition.parse(
-                    await conn.fetchval(
-                        "SELECT value FROM pgcast.state WHERE key = $1 FOR UPDATE", _STATE_KEY
+                value = await conn.fetchval(_LOCK_POSITION, _STATE_KEY)
+                if value is None:  # the first batch ever in this database
+                    await conn.execute(
+                        "INSERT INTO pgcast.state (key, value) VALUES ($1, $2) "
+                        "ON CONFLICT (key) DO NOTHING",
+                        _STATE_KEY,
+                        str(WalPosition()),
                     )
-                )
+                    value = await conn.fetchval(_LOCK_POSITION, _STATE_KEY)
+                position = WalPosition.parse(value)
                 fresh = [p for p in pending if not position.holds(p.lsn, p.index)]
                 if fresh:
                     statement, params = build_insert(
@@ -334,14 +333,9 @@ class WalConsumer:
                     # by batch_rows commits after it.
                     complete = confirm > last.lsn
                     reached = WalPosition(last.lsn, _COMPLETE if complete else last.index + 1)
-                    await conn.execute(
-                        "UPDATE pgcast.state SET value = $2 WHERE key = $1",
-                        _STATE_KEY,
-                        str(reached),
-                    )
                     # Idle gateways of other nodes sleep until the one-shot wake-up
                     # (this process's own reader is woken by on_appended).
-                    if await conn.fetchval(WAKE_CLAIM):
+                    if await conn.fetchval(_MOVE_POSITION_AND_CLAIM, _STATE_KEY, str(reached)):
                         await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
             if fresh:
                 self.on_appended()
@@ -350,6 +344,14 @@ class WalConsumer:
             cursor.send_feedback(flush_lsn=confirm)
         return 0
 
+
+# A batch costs five round trips: BEGIN, this, the log INSERT, the next, COMMIT.
+_LOCK_POSITION = "SELECT value FROM pgcast.state WHERE key = $1 FOR UPDATE"
+# Records how far the batch got and claims the armed wake-up (true: notify), in one.
+_MOVE_POSITION_AND_CLAIM = f"""
+WITH moved AS (UPDATE pgcast.state SET value = $2 WHERE key = $1 RETURNING 1)
+SELECT ({WAKE_CLAIM.strip()}) AS claimed FROM moved
+"""
 
 # The decoder relies on these for text values it can read back exactly.
 _SESSION_SETTINGS = {
