@@ -98,7 +98,7 @@ async def test_a_version_3_install_is_upgraded_in_place_and_captures_alike(
     before = {t: await logged(conn, t) for t in ("plain_t", "opts_t")}
     assert before == expected(1)  # what version 3 logged
 
-    await install(conn)  # what `pgcast track` and `pgcast serve` run first
+    await install(conn)  # what `pgcast track` runs first
 
     assert await installed_version(conn) == SCHEMA_VERSION
     assert await conn.fetchval("SELECT to_regprocedure('pgcast.capture()')") is None
