@@ -394,8 +394,8 @@ GEN_EDITS: dict[str, dict[str, str]] = {
     # changed left NULL (for the reader to compute); skip_unchanged as one jsonb comparison
     "gen_changed_later": {
         "n.record, o.old_record, c.changed": "n.record, o.old_record, NULL",
-        "         CROSS JOIN LATERAL (": "         CROSS JOIN LATERAL (SELECT 1 OFFSET 0) AS c WHERE "
-        "n.record IS DISTINCT FROM o.old_record ORDER BY n.ord; "
+        "         CROSS JOIN LATERAL (": "         CROSS JOIN LATERAL (SELECT 1 OFFSET 0) AS c "
+        "WHERE n.record IS DISTINCT FROM o.old_record ORDER BY n.ord; "
         "GET DIAGNOSTICS v_rows = ROW_COUNT; ELSIF false THEN INSERT INTO pgcast.changes "
         "SELECT FROM (SELECT 1) n, (SELECT 1) o CROSS JOIN LATERAL (",
     },
