@@ -131,6 +131,7 @@ class WalConsumer:
         )
         self._streamed = False  # the current session opened the stream
         self._position = WalPosition()  # how far the log holds the stream (per session)
+        self._position_text = ""  # the position row's value as stored (compare-and-set)
         self.leader = False
         self.appended = 0  # log rows written by this consumer
         self.transactions = 0  # source transactions completed
@@ -222,7 +223,8 @@ class WalConsumer:
             self.slot = status
             # Only this session appends while it holds the lock, so the position it
             # last wrote is the log's (the append still checks, compare-and-set).
-            self._position = await _load_position(conn)
+            self._position_text = await _load_position(conn)
+            self._position = WalPosition.parse(self._position_text)
             await self._consume(conn, slot)
         finally:
             self.leader = False
@@ -332,13 +334,13 @@ class WalConsumer:
                 *params,
                 _STATE_KEY,
                 str(reached),
-                str(position),
+                self._position_text,
             )
             if not row["moved"]:
                 # Only with two consumers at once (the advisory lock should prevent
                 # it): nothing was appended; start a new session from the log's position.
                 raise CaptureError("the WAL position was moved by another consumer")
-            self._position = reached
+            self._position, self._position_text = reached, str(reached)
             self.appended += row["appended"]
             # Idle gateways of other nodes sleep until the one-shot wake-up (this
             # process's own reader is woken by on_appended).
@@ -351,14 +353,15 @@ class WalConsumer:
         return 0
 
 
-async def _load_position(conn: Any) -> WalPosition:
+async def _load_position(conn: Any) -> str:
+    """The stored position (created at the start if absent), as its text."""
     await conn.execute(
         "INSERT INTO pgcast.state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
         _STATE_KEY,
         str(WalPosition()),
     )
-    value = await conn.fetchval("SELECT value FROM pgcast.state WHERE key = $1", _STATE_KEY)
-    return WalPosition.parse(value)
+    value: str = await conn.fetchval("SELECT value FROM pgcast.state WHERE key = $1", _STATE_KEY)
+    return value
 
 
 # One batch, one statement (one round trip, its own transaction): move the recorded
