@@ -66,9 +66,9 @@ from pgcast.capture.installer import track
 from pgcast.capture.sql import (
     CHANNEL,
     SCHEMA,
+    capture_function,
     create_triggers,
     drop_triggers,
-    install_script,
 )
 from pgcast.identifiers import parse_table_name, quote_ident
 
@@ -117,22 +117,30 @@ _NOTIFY_EACH = (
 )
 
 
-_CAPTURE = f"{quote_ident(SCHEMA)}.capture()"
-_CAPTURE_NOTIFY_EACH = f"{quote_ident(SCHEMA)}.capture_notify_each()"
+_BLOCK = re.compile(
+    r"(?:    --[^\n]*\n)*    IF v_rows > 0\b.*?\n    END IF;\n(?=    RETURN NULL;)", re.S
+)
 
 
-def notify_each_function() -> str:
-    script = install_script()
-    start = script.index(f"CREATE OR REPLACE FUNCTION {_CAPTURE}")
-    end = script.index(f"COMMENT ON FUNCTION {_CAPTURE}")
-    function = script[start:end].replace(_CAPTURE, _CAPTURE_NOTIFY_EACH)
-    block = re.compile(
-        r"(?:    --[^\n]*\n)*    IF v_rows > 0\b.*?\n    END IF;\n(?=    RETURN NULL;)", re.S
+async def use_notify_each(conn: asyncpg.Connection, table: str) -> None:
+    """Replace the table's generated capture function by a copy that notifies in every
+    transaction (pgcast before schema version 2), under its own name."""
+    oid = await conn.fetchval("SELECT $1::regclass::oid", table)
+    function = capture_function(oid)
+    text = await conn.fetchval("SELECT pg_get_functiondef(to_regprocedure($1))", function)
+    copy = f"{quote_ident(SCHEMA)}.capture_notify_each_{oid}()"
+    text, count = _BLOCK.subn(
+        lambda _: _NOTIFY_EACH,
+        text.replace(text[text.index("FUNCTION ") + 9 : text.index("()") + 2], copy, 1),
     )
-    function, count = block.subn(lambda _: _NOTIFY_EACH, function)
     if count != 1:
-        raise SystemExit("cannot find the wake-up block of pgcast.capture() to replace")
-    return function
+        raise SystemExit("cannot find the wake-up block of the capture function to replace")
+    await conn.execute(text)
+    name = parse_table_name(table)
+    for statement in drop_triggers(name):
+        await conn.execute(statement)
+    for statement in create_triggers(name, copy):
+        await conn.execute(statement)
 
 
 async def prepare(dsn: str, modes: list[str]) -> dict[str, str]:
@@ -148,12 +156,7 @@ async def prepare(dsn: str, modes: list[str]) -> dict[str, str]:
                 capture = "wal" if mode == "wal" else "trigger"
                 await track(conn, parse_table_name(table), capture=capture)
             if mode == "notify_tx":
-                await conn.execute(notify_each_function())
-                name = parse_table_name(table)
-                for statement in drop_triggers(name):
-                    await conn.execute(statement)
-                for statement in create_triggers(name):
-                    await conn.execute(statement.replace(_CAPTURE, _CAPTURE_NOTIFY_EACH))
+                await use_notify_each(conn, table)
             if mode == "row_notify":
                 await conn.execute(_ROW_NOTIFY.format(t=table))
         await conn.execute("VACUUM ANALYZE")

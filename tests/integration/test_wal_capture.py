@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +257,86 @@ async def test_a_replayed_stream_is_not_appended_twice(
     finally:
         await consumer.stop()
     assert await logged_ids(wconn) == list(range(1, 52))
+
+
+async def test_retry_delay_starts_over_after_a_session_that_streamed(
+    wal_dsn: str, wconn: asyncpg.Connection
+) -> None:
+    """A consumer whose sessions end after streaming waits the shortest delay again,
+    not an ever longer one (the backoff starts over: one new series per such end)."""
+    from pgcast.capture.wal import WalConsumer
+
+    await wconn.execute(ORDERS)
+    await track(wconn, parse_table_name("orders"), capture="wal")
+    series = 0
+
+    def factory() -> Iterator[float]:
+        nonlocal series
+        series += 1
+        return itertools.repeat(0.05)
+
+    consumer = WalConsumer(wal_dsn, retry_interval=0.05, backoff_factory=factory)
+    consumer.start()
+    try:
+        for n in range(1, 4):
+            await wconn.execute("INSERT INTO orders (amount) VALUES ($1)", n)
+            await wait_logged(wconn, n)  # this session streamed
+            await wconn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'pgcast-wal-stream' AND datname = current_database()"
+            )
+
+            async def restarted(n: int = n) -> bool:
+                return series == n
+
+            await wait_for(restarted, 20)
+    finally:
+        await consumer.stop()
+    assert await logged_ids(wconn) == [1, 2, 3]
+
+
+async def test_a_position_moved_by_another_consumer_is_respected(
+    wal_dsn: str, wconn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The append moves the position by compare-and-set: if something else moved it
+    (here by hand: a far-ahead position, as if another consumer had appended the
+    stream), the consumer appends nothing, starts a new session and obeys the new
+    position, instead of overwriting it and appending twice."""
+    from pgcast.capture.wal import WalConsumer
+
+    await wconn.execute(ORDERS)
+    await track(wconn, parse_table_name("orders"), capture="wal")
+    consumer = WalConsumer(wal_dsn, retry_interval=0.05)
+    consumer.start()
+    try:
+        await wconn.execute("INSERT INTO orders (amount) VALUES (1)")
+        await wait_logged(wconn, 1)
+        sessions = consumer.transactions
+        await wconn.execute(
+            "UPDATE pgcast.state SET value = $1 WHERE key = 'wal_position'",
+            f"{(1 << 62)}:-1",
+        )
+        await wconn.execute("INSERT INTO orders (amount) VALUES (2)")
+
+        async def decoded_again() -> bool:
+            # the new row read once by the old session, then again by the new one
+            return consumer.transactions >= sessions + 2
+
+        await wait_for(decoded_again, 20)
+        assert "moved by another consumer" in caplog.text
+        await wconn.execute("INSERT INTO orders (amount) VALUES (3)")
+
+        async def caught_up() -> bool:
+            return consumer.transactions >= sessions + 3
+
+        await wait_for(caught_up, 20)
+    finally:
+        await consumer.stop()
+    assert await logged_ids(wconn) == [1]  # rows 2 and 3 are "held" by the far position
+    assert (
+        await wconn.fetchval("SELECT value FROM pgcast.state WHERE key = 'wal_position'")
+        == f"{(1 << 62)}:-1"
+    )
 
 
 async def test_second_gateway_waits_and_takes_over_when_the_first_stops(

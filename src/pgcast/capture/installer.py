@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from pgcast.capture import sql, wal_setup
+from pgcast.capture import capture_functions, sql, wal_setup
 from pgcast.exceptions import CaptureError, IdentifierError
 from pgcast.identifiers import MAX_IDENTIFIER_BYTES, TableName
 
@@ -148,7 +148,9 @@ async def install(conn: asyncpg.Connection) -> None:
                 )
             if version == sql.SCHEMA_VERSION:
                 return  # Another process installed it while we waited for the lock.
+            captured = await capture_functions.lock_captured_tables(conn)
             await conn.execute(sql.install_script())
+            await capture_functions.regenerate_all(conn, captured)
             await conn.execute(
                 "INSERT INTO pgcast.state (key, value) VALUES ('schema_version', $1) "
                 "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
@@ -307,6 +309,7 @@ async def track(
                 "DELETE FROM pgcast.tracked t WHERE NOT EXISTS "
                 "(SELECT FROM pg_class c WHERE c.oid = t.relid)"
             )
+            await capture_functions.drop_orphans(conn)
             await conn.execute(
                 "INSERT INTO pgcast.tracked (relid, columns, when_changed, skip_unchanged) "
                 "VALUES ($1::oid::regclass, $2, $3, $4) "
@@ -318,14 +321,14 @@ async def track(
                 _as_list(effective.when_changed),
                 effective.skip_unchanged,
             )
-            for statement in sql.drop_triggers(relation.table):
-                await conn.execute(statement)
             if capture == "wal":
+                for statement in sql.drop_triggers(relation.table):
+                    await conn.execute(statement)
+                await capture_functions.drop(conn, relation.oid)
                 await wal_setup.attach(conn, relation.oid, relation.table)
             else:
                 was_wal = await wal_setup.detach(conn, relation.oid, relation.table)
-                for statement in sql.create_triggers(relation.table):
-                    await conn.execute(statement)
+                await capture_functions.attach(conn, relation.oid, relation.table)
             changes = await _count_changes(conn, relation.table)
         if was_wal:
             await _drop_slot_if_unused(conn)
@@ -378,6 +381,7 @@ async def untrack(conn: asyncpg.Connection, table: TableName) -> bool:
             )
             for statement in sql.drop_triggers(relation.table):
                 await conn.execute(statement)
+            await capture_functions.drop(conn, relation.oid)
             was_wal = await wal_setup.detach(conn, relation.oid, relation.table)
         if was_wal:
             await _drop_slot_if_unused(conn)

@@ -2,8 +2,9 @@
 
 This module owns the database side of the contract with the gateway: the
 ``pgcast`` schema (the ``changes`` log, the ``tracked`` options, the ``state``
-key/value table, the ``wake`` sequence), the generic ``pgcast.capture()`` trigger
-function, and the four statement-level triggers put on each tracked table.
+key/value table, the ``wake`` sequence), ``pgcast.generate_capture()``, which makes
+each tracked table's own capture trigger function, and the four statement-level
+triggers put on each tracked table.
 :mod:`pgcast.capture.installer` applies this text with asyncpg.
 
 Why statement-level triggers with transition tables: one trigger call per
@@ -21,14 +22,17 @@ from __future__ import annotations
 from pgcast.identifiers import TableName, quote_ident
 
 __all__ = [
+    "CAPTURE_PREFIX",
     "CHANNEL",
     "INSTALL_LOCK_KEY",
+    "LEGACY_CAPTURE",
     "SCHEMA",
     "SCHEMA_VERSION",
     "TRIGGERS",
     "WAKE_CLAIM",
     "WAKE_SEQUENCE",
     "WAKE_STRIDE",
+    "capture_function",
     "create_triggers",
     "drop_triggers",
     "install_script",
@@ -37,12 +41,19 @@ __all__ = [
 SCHEMA = "pgcast"
 """The schema that holds every object pgcast creates."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of the objects below; stored as ``pgcast.state['schema_version']``.
 
 2: row images built from whole-row references that no column name can shadow.
 3: no NOTIFY per transaction: the one-shot wake-up sequence (``pgcast.wake``).
+4: one generated capture function per tracked table (``pgcast.capture_<oid>()``,
+   see :func:`capture_function`) instead of the generic ``pgcast.capture()``,
+   which reads the table's options at every statement.
 """
+
+LEGACY_CAPTURE = "capture"
+"""The generic capture function of versions 1-3; upgrading moves its tables to
+generated functions and drops it."""
 
 CHANNEL = "pgcast"
 """The NOTIFY channel the capture trigger wakes an idle gateway on."""
@@ -142,7 +153,15 @@ COMMENT ON FUNCTION {_S}.changed_columns(jsonb, jsonb) IS
     'pgcast: keys of new whose value differs from (or is missing in) old, in jsonb key order.';
 """
 
-# Notes on the function below, which is the hot path of every tracked write:
+# Notes on the capture functions below, the hot path of every tracked write:
+# * One generated function per tracked table (pgcast.capture_<table oid>), made by
+#   pgcast.generate_capture() when the table is tracked: the table's options
+#   (columns, when_changed, skip_unchanged) are constants in its body, so a write
+#   runs no query on pgcast.tracked and only the code its options need. A generic
+#   function reading the options per statement cost the writer about 40% more CPU
+#   per captured statement (bench/RESULTS.md, "Where a tracked writer's time goes").
+#   The body is built server-side with format('%L'), so no column name reaches it
+#   unquoted; re-tracking the table regenerates it.
 # * SECURITY DEFINER: a role that may write the tracked table but has no rights
 #   on the pgcast schema must still be able to write (invariant 7); the fixed
 #   search_path is what makes SECURITY DEFINER safe.
@@ -159,6 +178,10 @@ COMMENT ON FUNCTION {_S}.changed_columns(jsonb, jsonb) IS
 #   names pgcast_old is only planned where that transition table exists.
 # * UPDATE pairs old and new rows by ordinal position: PostgreSQL appends the
 #   old and the new tuple of each row to the two transition tables together.
+#   (Zipping two ARRAY(...)s with unnest would avoid the join but builds each side
+#   as one in-memory array, capped at 1 GB: a big UPDATE of big rows would fail.)
+# * columns: the columns to drop are read at each statement, not at track time, so
+#   columns added later are projected away too (only tables with a column list).
 # * No NOTIFY per transaction: PostgreSQL makes every transaction that notified
 #   take a cluster-wide lock at pre-commit and hold it until its commit record is
 #   flushed (PreCommit_Notify in async.c), so notifying commits run one at a time
@@ -168,53 +191,28 @@ COMMENT ON FUNCTION {_S}.changed_columns(jsonb, jsonb) IS
 #   arming, see WAKE_SEQUENCE). Reading the sequence takes no lock that lasts
 #   beyond the statement. Above half a full queue we do not claim, rather than risk
 #   "queue is full" errors; the gateway's polling still finds the rows.
-# * jit = off: transition tables carry no statistics, so the UPDATE join is
-#   estimated at millions of rows and JIT compilation (~150 ms) would kick in for
-#   nothing. work_mem = 64MB: lets the two ordinal sorts of a 100,000-row UPDATE
-#   stay in memory (they are already in order, so sorting them is a linear check)
-#   instead of spilling to disk at the 4MB default.
-_CAPTURE = f"""
-CREATE OR REPLACE FUNCTION {_S}.capture()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-SET jit = off
-SET work_mem = '64MB'
-AS $fn$
+# * jit = off: a PL/pgSQL statement without parameters keeps the plan made at its
+#   first run, costed with that statement's transition-table size, so a first
+#   statement of millions of rows would leave JIT compilation (~150 ms) in the
+#   plan of every later one-row statement. work_mem = 64MB: lets the two ordinal
+#   sorts of a 100,000-row UPDATE stay in memory (they are already in order, so
+#   sorting them is a linear check) instead of spilling to disk at the 4MB default.
+#
+# The template's @...@ markers are replaced by generate_capture() (with replace(),
+# the values quoted by format('%L')).
+_CAPTURE_BODY = f"""
 #variable_conflict use_variable
 DECLARE
     v_txid     xid8        := pg_current_xact_id();
     v_xmin     xid8        := pg_snapshot_xmin(pg_current_snapshot());
     v_at       timestamptz := clock_timestamp();
-    v_columns  text[];
-    v_when     text[];
-    v_skip     boolean     := true;
     v_drop     text[]      := '{{}}';
     v_rows     bigint      := 0;
-BEGIN
-    SELECT t.columns, t.when_changed, t.skip_unchanged
-      INTO v_columns, v_when, v_skip
-      FROM {_S}.tracked AS t
-     WHERE t.relid = TG_RELID;
-    -- No options row (deleted by hand): capture everything rather than lose writes.
-    v_skip := coalesce(v_skip, true);
-
-    IF v_columns IS NOT NULL AND TG_OP <> 'TRUNCATE' THEN
-        -- Read the column list now, not at track time, so columns added later
-        -- are projected away too.
-        SELECT coalesce(array_agg(a.attname::text), '{{}}')
-          INTO v_drop
-          FROM pg_attribute AS a
-         WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped
-           AND a.attname::text <> ALL (v_columns);
-    END IF;
-
+BEGIN@DROP@
     IF TG_OP = 'INSERT' THEN
         INSERT INTO {_S}.changes
                (txid, tx_xmin, committed_at, schema_name, table_name, op, record)
-        SELECT v_txid, v_xmin, v_at, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'INSERT',
-               to_jsonb(r.*) - v_drop
+        SELECT v_txid, v_xmin, v_at, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'INSERT', @IMAGE@
           FROM pgcast_new AS r;
         GET DIAGNOSTICS v_rows = ROW_COUNT;
 
@@ -224,9 +222,9 @@ BEGIN
                 record, old_record, changed)
         SELECT v_txid, v_xmin, v_at, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'UPDATE',
                n.record, o.old_record, c.changed
-          FROM (SELECT row_number() OVER () AS ord, to_jsonb(r.*) - v_drop AS record
+          FROM (SELECT row_number() OVER () AS ord, @IMAGE@ AS record
                   FROM pgcast_new AS r) AS n
-          JOIN (SELECT row_number() OVER () AS ord, to_jsonb(r.*) - v_drop AS old_record
+          JOIN (SELECT row_number() OVER () AS ord, @IMAGE@ AS old_record
                   FROM pgcast_old AS r) AS o
             ON o.ord = n.ord
          CROSS JOIN LATERAL (
@@ -238,16 +236,14 @@ BEGIN
                              WHERE n.record -> k IS DISTINCT FROM o.old_record -> k)
                       AS changed
                OFFSET 0) AS c
-         WHERE (NOT v_skip OR cardinality(c.changed) > 0)
-           AND (v_when IS NULL OR c.changed && v_when)
+         WHERE @FILTER@
          ORDER BY n.ord;
         GET DIAGNOSTICS v_rows = ROW_COUNT;
 
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO {_S}.changes
                (txid, tx_xmin, committed_at, schema_name, table_name, op, old_record)
-        SELECT v_txid, v_xmin, v_at, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'DELETE',
-               to_jsonb(r.*) - v_drop
+        SELECT v_txid, v_xmin, v_at, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'DELETE', @IMAGE@
           FROM pgcast_old AS r;
         GET DIAGNOSTICS v_rows = ROW_COUNT;
 
@@ -269,10 +265,76 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-$fn$;
-COMMENT ON FUNCTION {_S}.capture() IS
-    'pgcast: statement-level capture of tracked tables into pgcast.changes.';
 """
+
+_DROP_COLUMNS = """
+    IF TG_OP <> 'TRUNCATE' THEN
+        SELECT coalesce(array_agg(a.attname::text), '{}')
+          INTO v_drop
+          FROM pg_attribute AS a
+         WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped
+           AND a.attname::text <> ALL (@COLUMNS@::text[]);
+    END IF;"""
+
+CAPTURE_PREFIX = "capture_"
+"""Name of a table's capture function in :data:`SCHEMA`: this + the table's oid."""
+
+# Generates (or regenerates) the capture function of one tracked table from its
+# pgcast.tracked row (defaults if there is none: capture every column and UPDATE
+# that changes something) and returns its name as regprocedure text.
+_GENERATE = f"""
+CREATE OR REPLACE FUNCTION {_S}.generate_capture(p_relid regclass)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $gen$
+DECLARE
+    v_columns  text[];
+    v_when     text[];
+    v_skip     boolean;
+    v_name     text := '{CAPTURE_PREFIX}' || p_relid::oid::text;
+    v_body     text := $body${_CAPTURE_BODY}$body$;
+    v_filter   text := 'true';
+BEGIN
+    SELECT t.columns, t.when_changed, t.skip_unchanged
+      INTO v_columns, v_when, v_skip
+      FROM {_S}.tracked AS t
+     WHERE t.relid = p_relid;
+    IF coalesce(v_skip, true) THEN
+        v_filter := v_filter || ' AND cardinality(c.changed) > 0';
+    END IF;
+    IF v_when IS NOT NULL THEN
+        v_filter := v_filter || format(' AND c.changed && %L::text[]', v_when);
+    END IF;
+    IF v_columns IS NULL THEN
+        v_body := replace(v_body, '@DROP@', '');
+        v_body := replace(v_body, '@IMAGE@', 'to_jsonb(r.*)');
+    ELSE
+        v_body := replace(v_body, '@DROP@',
+                          replace($drop${_DROP_COLUMNS}$drop$, '@COLUMNS@',
+                                  format('%L', v_columns)));
+        v_body := replace(v_body, '@IMAGE@', '(to_jsonb(r.*) - v_drop)');
+    END IF;
+    v_body := replace(v_body, '@FILTER@', v_filter);
+    EXECUTE format(
+        'CREATE OR REPLACE FUNCTION {_S}.%I() RETURNS trigger LANGUAGE plpgsql '
+        'SECURITY DEFINER SET search_path = pg_catalog, pg_temp '
+        'SET jit = off SET work_mem = %L AS %L',
+        v_name, '64MB', v_body);
+    EXECUTE format('COMMENT ON FUNCTION {_S}.%I() IS %L', v_name,
+                   'pgcast: statement-level capture of ' || p_relid::text
+                   || ' into pgcast.changes (generated; re-run track to change).');
+    RETURN format('{_S}.%I()', v_name);
+END
+$gen$;
+COMMENT ON FUNCTION {_S}.generate_capture(regclass) IS
+    'pgcast: (re)generates the capture function of one tracked table from pgcast.tracked.';
+"""
+
+
+def capture_function(relid: int) -> str:
+    """The quoted name of the capture function of the table with oid ``relid``."""
+    return f"{_S}.{quote_ident(f'{CAPTURE_PREFIX}{int(relid)}')}()"
 
 
 def install_script() -> str:
@@ -282,11 +344,12 @@ def install_script() -> str:
     ``IF NOT EXISTS`` alone still races on the catalogs when two processes install
     at once. It does not record the version; the installer does, as a parameter.
     """
-    return _TABLES + _CHANGED_COLUMNS + _CAPTURE
+    return _TABLES + _CHANGED_COLUMNS + _GENERATE
 
 
-def create_triggers(table: TableName) -> list[str]:
-    """Statements putting the four capture triggers on ``table`` (schema-qualified)."""
+def create_triggers(table: TableName, function: str) -> list[str]:
+    """Statements putting the four capture triggers on ``table`` (schema-qualified),
+    calling ``function`` (:func:`capture_function`)."""
     target = table.quoted()
     return [
         " ".join(
@@ -294,7 +357,7 @@ def create_triggers(table: TableName) -> list[str]:
             for part in (
                 f"CREATE TRIGGER {quote_ident(name)} AFTER {event} ON {target}",
                 referencing,
-                f"FOR EACH STATEMENT EXECUTE FUNCTION {_S}.capture()",
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {function}",
             )
             if part
         )

@@ -25,14 +25,17 @@ snapshot would list it as in progress. ``committed_at`` is the source commit tim
 (from the Commit message). Source transactions are appended in commit order (the
 order the slot sends them), each change in statement order.
 
-Exactly once into the log: each batch's transaction also records, in
-``pgcast.state['wal_position']``, how far it got: the source transaction's commit
-LSN and how many of its changes are applied (``-1``: all). The row is locked
-(``FOR UPDATE``) at the start of the batch, and changes at or before the recorded
-position are skipped, so a batch replayed after a crash, a restart or a takeover
-is not appended twice, even by two consumers at once. The slot's flush position is
-confirmed only after the batch commits, and only up to the end of a complete
-transaction, so the slot never skips what the log does not hold.
+Exactly once into the log: each batch is one statement (one round trip, its own
+transaction) that also records, in ``pgcast.state['wal_position']``, how far it got:
+the source transaction's commit LSN and how many of its changes are applied (``-1``:
+all). The session reads the position when it starts (it holds the advisory lock, so
+no other consumer appends meanwhile); changes at or before it are skipped, so a batch
+replayed after a crash, a restart or a takeover is not appended twice. The statement
+moves the position by compare-and-set from the value this session last wrote and
+appends only if that worked, so even two consumers at once (the lock failing) cannot
+both append a batch. The slot's flush position is confirmed only after the batch
+commits, and only up to the end of a complete transaction, so the slot never skips
+what the log does not hold.
 
 Bounded memory: a batch is written once it holds ``batch_rows`` changes, even in
 the middle of a source transaction (the position then records the change count),
@@ -45,7 +48,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +121,7 @@ class WalConsumer:
         retry_interval: float = 1.0,
         status_interval: float = 1.0,
         pool: Callable[[], Any] | None = None,
+        backoff_factory: Callable[[], Iterator[float]] | None = None,
     ) -> None:
         self.dsn = dsn
         # Given (a broker fleet), candidates wait through the pool instead of each
@@ -127,6 +131,12 @@ class WalConsumer:
         self.batch_rows = batch_rows
         self.retry_interval = retry_interval
         self.status_interval = status_interval
+        self._backoff_factory = backoff_factory or (
+            lambda: backoff(initial=retry_interval, maximum=max(retry_interval, 10.0))
+        )
+        self._streamed = False  # the current session opened the stream
+        self._position = WalPosition()  # how far the log holds the stream (per session)
+        self._position_text = ""  # the position row's value as stored (compare-and-set)
         self.leader = False
         self.appended = 0  # log rows written by this consumer
         self.transactions = 0  # source transactions completed
@@ -183,13 +193,11 @@ class WalConsumer:
         self.leader = False
 
     async def _run(self) -> None:
-        delays = backoff(initial=self.retry_interval, maximum=max(self.retry_interval, 10.0))
+        delays: Iterator[float] | None = None
         while True:
+            self._streamed = False
             try:
                 await self._elect_and_consume()
-                delays = backoff(
-                    initial=self.retry_interval, maximum=max(self.retry_interval, 10.0)
-                )
             except asyncio.CancelledError:
                 raise
             except _RETRYABLE as exc:
@@ -198,6 +206,12 @@ class WalConsumer:
             except Exception:
                 logger.exception("WAL consumer failed; retrying")
             self.leader = False
+            # Back off only across sessions that failed before streaming: after a
+            # session that streamed (however it ended) start again from the shortest
+            # delay, or a consumer that lost a few long sessions over days would wait
+            # the maximum after every later blip.
+            if delays is None or self._streamed:
+                delays = self._backoff_factory()
             await asyncio.sleep(next(delays))
 
     async def _wait_until_free(self) -> None:
@@ -225,6 +239,10 @@ class WalConsumer:
                 self.slot = None
                 await asyncio.sleep(self.retry_interval)  # nothing tracked in WAL mode yet
             self.slot = status
+            # Only this session appends while it holds the lock, so the position it
+            # last wrote is the log's (the append still checks, compare-and-set).
+            self._position_text = await _load_position(conn)
+            self._position = WalPosition.parse(self._position_text)
             await self._consume(conn, slot)
         finally:
             self.leader = False
@@ -252,6 +270,7 @@ class WalConsumer:
         fd = repl.cursor.fileno()
         loop.add_reader(fd, readable.set)
         self.last_error = None
+        self._streamed = True
         logger.info("WAL consumer streaming slot %s", slot)
         pending: list[_Pending] = []
         confirmable = 0  # end LSN of the last complete transaction read
@@ -313,50 +332,67 @@ class WalConsumer:
             self._types.update({r["oid"]: r["name"] for r in rows})
 
     async def _flush(self, conn: Any, cursor: Any, pending: list[_Pending], confirm: int) -> int:
-        """Append ``pending`` in one transaction; confirm the slot up to ``confirm``.
+        """Append ``pending`` in one statement; confirm the slot up to ``confirm``.
 
         Returns the end LSN still to confirm (0 once confirmed)."""
-        fresh: list[_Pending] = []
-        if pending:
-            async with conn.transaction():
-                await conn.execute(
-                    "INSERT INTO pgcast.state (key, value) VALUES ($1, $2) "
-                    "ON CONFLICT (key) DO NOTHING",
-                    _STATE_KEY,
-                    str(WalPosition()),
-                )
-                position = WalPosition.parse(
-                    await conn.fetchval(
-                        "SELECT value FROM pgcast.state WHERE key = $1 FOR UPDATE", _STATE_KEY
-                    )
-                )
-                fresh = [p for p in pending if not position.holds(p.lsn, p.index)]
-                if fresh:
-                    statement, params = build_insert(
-                        [p.row for p in fresh], self._relations, self._types
-                    )
-                    status = await conn.execute(statement, *params)
-                    self.appended += int(status.rsplit(" ", 1)[-1])
-                    last = fresh[-1]
-                    # A transaction whose Commit was read ends before `confirm`; one cut
-                    # by batch_rows commits after it.
-                    complete = confirm > last.lsn
-                    reached = WalPosition(last.lsn, _COMPLETE if complete else last.index + 1)
-                    await conn.execute(
-                        "UPDATE pgcast.state SET value = $2 WHERE key = $1",
-                        _STATE_KEY,
-                        str(reached),
-                    )
-                    # Idle gateways of other nodes sleep until the one-shot wake-up
-                    # (this process's own reader is woken by on_appended).
-                    if await conn.fetchval(WAKE_CLAIM):
-                        await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
-            if fresh:
-                self.on_appended()
+        position = self._position
+        fresh = [p for p in pending if not position.holds(p.lsn, p.index)]
+        if fresh:
+            last = fresh[-1]
+            # A transaction whose Commit was read ends before `confirm`; one cut by
+            # batch_rows commits after it.
+            complete = confirm > last.lsn
+            reached = WalPosition(last.lsn, _COMPLETE if complete else last.index + 1)
+            insert, params = build_insert(
+                [p.row for p in fresh], self._relations, self._types, only_if="moved"
+            )
+            n = len(params)
+            row = await conn.fetchrow(
+                _APPEND.format(key=n + 1, new=n + 2, old=n + 3, insert=insert),
+                *params,
+                _STATE_KEY,
+                str(reached),
+                self._position_text,
+            )
+            if not row["moved"]:
+                # Only with two consumers at once (the advisory lock should prevent
+                # it): nothing was appended; start a new session from the log's position.
+                raise CaptureError("the WAL position was moved by another consumer")
+            self._position, self._position_text = reached, str(reached)
+            self.appended += row["appended"]
+            # Idle gateways of other nodes sleep until the one-shot wake-up (this
+            # process's own reader is woken by on_appended).
+            if row["claimed"]:
+                await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+            self.on_appended()
         if confirm:
             # Feedback goes out with psycopg2's next status update (status_interval).
             cursor.send_feedback(flush_lsn=confirm)
         return 0
+
+
+async def _load_position(conn: Any) -> str:
+    """The stored position (created at the start if absent), as its text."""
+    await conn.execute(
+        "INSERT INTO pgcast.state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        _STATE_KEY,
+        str(WalPosition()),
+    )
+    value: str = await conn.fetchval("SELECT value FROM pgcast.state WHERE key = $1", _STATE_KEY)
+    return value
+
+
+# One batch, one statement (one round trip, its own transaction): move the recorded
+# position from the one this session last wrote (compare-and-set), append the rows
+# only if that worked, and claim the armed wake-up (true: notify). The rows, the
+# position and the claim commit together or not at all.
+_APPEND = (
+    "WITH moved AS (UPDATE pgcast.state SET value = ${new} "
+    "WHERE key = ${key} AND value = ${old} RETURNING 1),\n"
+    "ins AS ({insert} RETURNING 1)\n"
+    "SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM ins) AS appended, "
+    f"({WAKE_CLAIM.strip()}) AS claimed"
+)
 
 
 # The decoder relies on these for text values it can read back exactly.

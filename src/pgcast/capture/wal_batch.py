@@ -114,9 +114,9 @@ SELECT pg_current_xact_id(), pg_snapshot_xmin(pg_current_snapshot()),
                    ARRAY(SELECT k FROM jsonb_object_keys(p.rec) AS k
                           WHERE p.rec -> k IS DISTINCT FROM p.old -> k) END AS changed
        OFFSET 0) AS c
- WHERE p.op <> 'UPDATE'
-    OR ((NOT coalesce(p.skip, true) OR cardinality(c.changed) > 0)
-        AND (p.when_changed IS NULL OR c.changed && p.when_changed))
+ WHERE (p.op <> 'UPDATE'
+        OR ((NOT coalesce(p.skip, true) OR cardinality(c.changed) > 0)
+            AND (p.when_changed IS NULL OR c.changed && p.when_changed))){gate}
  ORDER BY p.ord
 """
 
@@ -125,8 +125,13 @@ def build_insert(
     batch: Sequence[LogRow],
     relations: Mapping[int, Relation],
     types: Mapping[int, str],
+    *,
+    only_if: str | None = None,
 ) -> tuple[str, list[Any]]:
     """The statement and parameters appending ``batch`` to ``pgcast.changes``.
+
+    ``only_if``: the name of a CTE of an enclosing statement (a constant of the
+    caller, never input) that must yield a row for anything to be appended.
 
     ``types`` maps type oids to SQL type names (``format_type``); an oid it lacks is
     kept as text. Rows are appended in ``batch`` order (the ORDER BY feeds the
@@ -160,4 +165,5 @@ def build_insert(
             f"           CASE WHEN jsonb_typeof(e->4) = 'array' THEN {old} END AS old\n"
             f"      FROM jsonb_array_elements({data}) AS e"
         )
-    return _TEMPLATE.format(events="\n    UNION ALL\n".join(selects)), params
+    gate = f"\n   AND EXISTS (SELECT FROM {only_if})" if only_if else ""
+    return _TEMPLATE.format(events="\n    UNION ALL\n".join(selects), gate=gate), params
