@@ -238,13 +238,7 @@ class Listener:
                     arm=arm,
                 )
                 self.log_reads += 1
-                step = policy.after_read(
-                    found=bool(read.changes) or read.gap_through is not None,
-                    more=read.more,
-                    armed_read=arm,
-                    armed=read.armed,
-                    writers=read.writers,
-                )
+                step = policy.after(read, armed_read=arm)
                 arm = step.arm
                 self._adapt_page_size(read.changes)
                 more = read.more

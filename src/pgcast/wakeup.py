@@ -37,8 +37,12 @@ arming yields NULL and the reader never sleeps longer than the backoff allows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .capture.sql import WAKE_STRIDE
+
+if TYPE_CHECKING:
+    from .changelog import LogRead
 
 __all__ = [
     "ARM_AFTER_EMPTY_READS",
@@ -110,6 +114,16 @@ class PollPolicy:
         # The latest arming read saw another session writing the log: a capture that
         # may have run before the arming, whose commit will not wake us.
         self._writers = False
+
+    def after(self, read: LogRead, *, armed_read: bool) -> NextRead:
+        """``after_read`` for a live read of the log (``changelog.read_new``)."""
+        return self.after_read(
+            found=bool(read.changes) or read.gap_through is not None,
+            more=read.more,
+            armed_read=armed_read,
+            armed=read.armed,
+            writers=read.writers,
+        )
 
     def after_read(
         self,

@@ -338,6 +338,19 @@ _TABLE_KEYS = ("read",)
 _CHANNEL_KEYS = ("read", "publish")
 
 
+def _lists_section(
+    table: Mapping[str, Any], name: str, keys: Sequence[str], source: str
+) -> Mapping[str, Any]:
+    """``[rules.<name>]``: a table whose keys are among ``keys`` (pattern lists)."""
+    section = table.get(name, {})
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{source}.{name} must be a table with {' / '.join(keys)} lists")
+    for key in section:
+        if key not in keys:
+            raise _unknown(key, keys, f"{source}.{name}")
+    return section
+
+
 def _unknown(key: object, known: Sequence[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(str(key), known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
@@ -378,18 +391,8 @@ def parse_rules(table: Mapping[str, Any] | None, *, source: str = "[rules]") -> 
             tables[table_key] = compile_rule(read, where=f"{where}.read")
         else:
             raise ConfigError(f"{where} needs a read rule (a string)", hint='read = "true"')
-    channels = table.get("channels", {})
-    if not isinstance(channels, Mapping):
-        raise ConfigError(f"{source}.channels must be a table with read / publish lists")
-    for key in channels:
-        if key not in _CHANNEL_KEYS:
-            raise _unknown(key, _CHANNEL_KEYS, f"{source}.channels")
-    topics = table.get("topics", {})
-    if not isinstance(topics, Mapping):
-        raise ConfigError(f"{source}.topics must be a table with read / presence / broadcast lists")
-    for key in topics:
-        if key not in _TOPIC_KEYS:
-            raise _unknown(key, _TOPIC_KEYS, f"{source}.topics")
+    channels = _lists_section(table, "channels", _CHANNEL_KEYS, source)
+    topics = _lists_section(table, "topics", _TOPIC_KEYS, source)
     return Rules(
         configured=True,
         tables=tables,

@@ -194,13 +194,7 @@ class StreamReader:
             self.log_reads += 1
             await self._publish(read, before, _horizon(cursor), chained=chained)
             chained = True
-            step = policy.after_read(
-                found=bool(read.changes) or read.gap_through is not None,
-                more=read.more,
-                armed_read=arm,
-                armed=read.armed,
-                writers=read.writers,
-            )
+            step = policy.after(read, armed_read=arm)
             arm = step.arm
             if read.more:
                 continue
