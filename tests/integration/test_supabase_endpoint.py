@@ -358,3 +358,24 @@ async def test_broadcasts_reach_2_0_0_clients_as_binary_frames_and_1_0_0_as_text
             text = orjson.loads(await asyncio.wait_for(text_reader.recv(), TIMEOUT))
             assert text["event"] == "broadcast"
             assert text["payload"] == {"type": "broadcast", "event": "cursor", "payload": {"x": 1}}
+
+
+@pytest.mark.parametrize("missing", ["exp", "role"])
+async def test_access_token_refresh_without_role_or_exp_closes_like_a_join_refusal(
+    database_url: str, orders: asyncpg.Connection, tmp_path: Path, missing: str
+) -> None:
+    """Attack: join with a token that expires, then refresh with a token of the same
+    subject that has no ``exp`` (or no ``role``): the join's requirement must hold for
+    refreshes too, else the connection outlives every expiry."""
+    async with (
+        running_gateway(database_url, auth=make_auth(tmp_path)) as gateway,
+        phoenix(gateway) as client,
+    ):
+        assert (await client.join("realtime:a", [ORDERS], access_token=token(1)))["status"] == "ok"
+        await client.until("system")
+        bare = token(1, **{missing: None})
+        await client.push("realtime:a", "access_token", {"access_token": bare})
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.until("never")
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4501
+        assert "`role` and `exp`" in closed.value.rcvd.reason
