@@ -379,3 +379,32 @@ async def test_access_token_refresh_without_role_or_exp_closes_like_a_join_refus
             await client.until("never")
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4501
         assert "`role` and `exp`" in closed.value.rcvd.reason
+
+
+async def test_schema_wide_bindings_skip_tables_the_token_may_not_read_without_naming_them(
+    database_url: str, orders: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Attack: a binding without a table (or with ``*``) expands to every tracked table;
+    the refusal of a forbidden one named it, so a token learnt which tables are tracked
+    (and the whole join failed). The forbidden tables are now left out silently."""
+    await orders.execute("CREATE TABLE payroll (id serial PRIMARY KEY, salary int)")
+    await track(orders, parse_table_name("payroll"))
+    async with (
+        running_gateway(database_url, auth=make_auth(tmp_path)) as gateway,
+        phoenix(gateway) as client,
+    ):
+        bindings = [{"event": "*", "schema": "public"}, {"event": "*", "schema": "*"}]
+        for topic, binding in zip(("realtime:a", "realtime:b"), bindings, strict=True):
+            reply = await client.join(topic, [binding], access_token=token(1))
+            assert reply["status"] == "ok", reply
+            assert "payroll" not in orjson.dumps(reply).decode()
+            await client.until("system", topic)
+        await orders.execute("INSERT INTO payroll (salary) VALUES (100000)")
+        await orders.execute("INSERT INTO orders (merchant_id, note) VALUES (2, 'theirs')")
+        await orders.execute("INSERT INTO orders (merchant_id, note) VALUES (1, 'mine')")
+        seen = [await client.until("postgres_changes") for _ in range(2)]
+        assert sorted(m[2] for m in seen) == ["realtime:a", "realtime:b"]
+        assert {m[4]["data"]["record"]["note"] for m in seen} == {"mine"}
+        # A named forbidden table is still refused (without telling whether it is tracked).
+        named = {"event": "*", "schema": "public", "table": "payroll"}
+        assert (await client.join("realtime:c", [named]))["status"] == "error"

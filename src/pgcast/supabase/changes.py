@@ -65,6 +65,7 @@ class Binding:
     filter: str | None
     since: str | None
     columns: tuple[str, ...] | None
+    wildcard: bool = False  # no table named: the tracked tables the token may read
 
     def subscribe(self, sub_id: str, schema: str | None, table: str) -> dict[str, Any]:
         """The pgcast ``subscribe`` message for one of this binding's tables."""
@@ -187,6 +188,7 @@ def parse_bindings(raw: Any, tables: Tables) -> list[Binding]:
                 filter=supabase_filter(text) if text else None,
                 since=_since(params.get(SINCE_KEY)),
                 columns=tuple(select) if select is not None else None,
+                wildcard=table is None or table == "*",
             )
         )
     return bindings

@@ -126,6 +126,7 @@ class _Channel:
     bindings: list[Binding]
     subs: dict[str, int] = dataclasses.field(default_factory=dict)  # sub id -> binding id
     pending: set[str] = dataclasses.field(default_factory=set)  # not yet `subscribed`
+    wildcard: set[str] = dataclasses.field(default_factory=set)  # of bindings naming no table
     replied: bool = False
     announced: bool = False
 
@@ -243,6 +244,8 @@ class PhoenixSession:
             seen.add(binding.id)
             for schema, table in binding.tables:
                 sub_id = self._open_sub(channel, binding.id)
+                if binding.wildcard:
+                    channel.wildcard.add(sub_id)
                 then.append(Forward(binding.subscribe(sub_id, schema, table)))
         if not channel.pending:
             then += self._answer_join(channel)
@@ -318,23 +321,18 @@ class PhoenixSession:
         channel = self.channels.get(topic) if topic is not None else None
         if channel is None or not isinstance(sub_id, str):
             return []  # welcome, pong, unsubscribed, or about a channel already left
+        forbidden = kind == "error" and message.get("code") == ErrorCode.FORBIDDEN
+        if forbidden and sub_id in channel.wildcard and sub_id in channel.pending:
+            # A table the token may not read, named by no binding: left out unnamed (the
+            # error would tell the client it is tracked), as if it were not tracked.
+            self._drop_sub(channel, sub_id)
+            return self._settled(channel)
         if kind == "subscribed":
             channel.pending.discard(sub_id)
-            actions: list[Action] = []
-            if not channel.pending:
-                if not channel.replied:
-                    actions += self._answer_join(channel)
-                if not channel.announced:
-                    channel.announced = True
-                    text = "Subscribed to PostgreSQL"
-                    actions.append(self._system(channel, "postgres_changes", "ok", text))
-            return actions
+            return self._settled(channel)
         if kind == "error":
             reason = f"{message.get('code')}: {message.get('message')}"
-            self.by_sub.pop(sub_id, None)
-            self.by_prefix.pop(subscription_prefix(sub_id), None)
-            channel.subs.pop(sub_id, None)
-            channel.pending.discard(sub_id)
+            self._drop_sub(channel, sub_id)
             if not channel.replied:
                 refused = self._join_reply(channel, "error", {"reason": reason})
                 return [*self._leave(channel), refused]
@@ -343,6 +341,25 @@ class PhoenixSession:
             text = f"ResyncRequired: {message.get('reason')}"
             return [self._system(channel, "postgres_changes", "error", text)]
         return []
+
+    def _drop_sub(self, channel: _Channel, sub_id: str) -> None:
+        self.by_sub.pop(sub_id, None)
+        self.by_prefix.pop(subscription_prefix(sub_id), None)
+        channel.subs.pop(sub_id, None)
+        channel.pending.discard(sub_id)
+        channel.wildcard.discard(sub_id)
+
+    def _settled(self, channel: _Channel) -> list[Action]:
+        """Answer the join (once) when none of its subscriptions is pending any more."""
+        actions: list[Action] = []
+        if not channel.pending:
+            if not channel.replied:
+                actions += self._answer_join(channel)
+            if not channel.announced:
+                channel.announced = True
+                text = "Subscribed to PostgreSQL"
+                actions.append(self._system(channel, "postgres_changes", "ok", text))
+        return actions
 
     def change(self, prefix: bytes, body: bytes) -> list[Action]:
         """A change for the subscription whose message starts with ``prefix``."""
