@@ -408,3 +408,38 @@ async def test_schema_wide_bindings_skip_tables_the_token_may_not_read_without_n
         # A named forbidden table is still refused (without telling whether it is tracked).
         named = {"event": "*", "schema": "public", "table": "payroll"}
         assert (await client.join("realtime:c", [named]))["status"] == "error"
+
+
+async def test_a_deeply_nested_jsonb_value_reaches_supabase_clients_and_stalls_no_one(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    """Attack: a row whose jsonb nests 3,000 levels (beyond Python's recursion limit)
+    made every dispatch of its page raise while a Supabase client subscribed: no client,
+    native or Supabase, received anything after it. It now arrives, as written."""
+    await conn.execute("CREATE TABLE docs (id int PRIMARY KEY, doc jsonb)")
+    await track(conn, parse_table_name("docs"))
+    deep = "[" * 3000 + "]" * 3000
+    binding = {"event": "*", "schema": "public", "table": "docs"}
+    async with (
+        running_gateway(database_url) as gateway,
+        phoenix(gateway) as client,
+        connect(f"ws://127.0.0.1:{gateway.port}/ws", max_size=None) as native,
+    ):
+        assert (await client.join("realtime:d", [binding]))["status"] == "ok"
+        await native.send(orjson.dumps({"type": "subscribe", "id": "s", "table": "docs"}).decode())
+        async with asyncio.timeout(TIMEOUT):
+            while orjson.loads(await native.recv())["type"] != "subscribed":
+                pass
+        await conn.execute("INSERT INTO docs VALUES (1, $1::text::jsonb)", deep)
+        await conn.execute("INSERT INTO docs VALUES (2, '{\"n\": 1.50}')")
+        async with asyncio.timeout(TIMEOUT):  # raw: too deep for the test's JSON parser
+            raw = ""
+            while '"postgres_changes",{"ids"' not in raw:
+                raw = str(await client.ws.recv())
+        assert '"pgcast:' in raw and f'"doc":{deep}' in raw.replace(" ", "")
+        second = await client.until("postgres_changes")
+        assert second[4]["data"]["record"] == {"id": 2, "doc": {"n": 1.50}}
+        async with asyncio.timeout(TIMEOUT):  # the native client still gets both
+            changes = 0
+            while changes < 2:
+                changes += '"type":"change"' in str(await native.recv())

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -208,7 +209,12 @@ def change_data(body: bytes, columns: Callable[[str, str], bytes]) -> tuple[str,
     ``columns(schema, table)`` is the table's encoded ``[{"name", "type"}...]``. Numbers keep
     PostgreSQL's text (``orjson.Fragment``), so nothing is rounded on the way.
     """
-    change = json.loads(b"{" + body, parse_float=_number, parse_int=_number, parse_constant=_refuse)
+    try:
+        change = json.loads(
+            b"{" + body, parse_float=_number, parse_int=_number, parse_constant=_refuse
+        )
+    except RecursionError:  # a value nested deeper than Python's recursion limit
+        change = _shallow_change(b"{" + body)
     op = change["op"]
     committed = str(change["committed_at"])
     if len(committed) > 24 and committed.endswith("Z"):
@@ -226,6 +232,48 @@ def change_data(body: bytes, columns: Callable[[str, str], bytes]) -> tuple[str,
     if op in ("UPDATE", "DELETE"):
         data["old_record"] = change["old_record"] or {}
     return str(change["id"]), data
+
+
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
+
+
+def _members(text: str) -> dict[str, str]:
+    """The members of the JSON object ``text`` (well-formed): name -> the value's raw
+    text. Iterative, so any nesting depth passes."""
+    members: dict[str, str] = {}
+    depth, key, value_at = 0, None, 0
+    for token in _TOKEN.finditer(text):
+        item = token.group()
+        if item in "[{":
+            depth += 1
+        elif item in "]}":
+            depth -= 1
+            if depth == 0:
+                if key is not None:
+                    members[key] = text[value_at : token.start()].strip()
+                break
+        elif depth == 1:
+            if item == ":":
+                value_at = token.end()
+            elif item == ",":
+                assert key is not None
+                members[key] = text[value_at : token.start()].strip()
+                key = None
+            elif key is None:
+                key = json.loads(item)
+    return members
+
+
+def _shallow_change(body: bytes) -> dict[str, Any]:
+    """A change body parsed to its row values only; each value is kept as its raw
+    text (an ``orjson.Fragment``), however deeply it nests."""
+    change: dict[str, Any] = {}
+    for name, raw in _members(body.decode()).items():
+        if name in ("record", "old_record") and raw != "null":
+            change[name] = {k: orjson.Fragment(v) for k, v in _members(raw).items()}
+        else:
+            change[name] = json.loads(raw, parse_float=_number, parse_int=_number)
+    return change
 
 
 # The last changes encoded, by their pgcast body: a change dispatched to many Supabase
