@@ -443,3 +443,23 @@ async def test_a_deeply_nested_jsonb_value_reaches_supabase_clients_and_stalls_n
             changes = 0
             while changes < 2:
                 changes += '"type":"change"' in str(await native.recv())
+
+
+async def test_a_join_covering_more_tables_than_a_connection_may_hold_is_refused_at_once(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    """Attack: 32 distinct schema-wide bindings made one join frame 32 subscribe messages
+    per tracked table, refused one by one (300 tables: 40 such frames kept the gateway
+    busy 20 s and grew it by 84 MB). Now refused before any subscribe."""
+    for i in range(8):
+        await conn.execute(f"CREATE TABLE t{i} (id serial PRIMARY KEY, v int)")
+        await track(conn, parse_table_name(f"t{i}"))
+    bindings = [{"event": "*", "schema": "public", "filter": f"v=eq.{i}"} for i in range(32)]
+    async with running_gateway(database_url, max_subscriptions=5) as gateway:
+        async with phoenix(gateway) as client:  # the catalog is loaded once this resolves
+            named = {"event": "*", "schema": "public", "table": "t0"}
+            assert (await client.join("realtime:warm", [named]))["status"] == "ok"
+        async with phoenix(gateway) as client:
+            reply = await client.join("realtime:x", bindings)
+            assert reply["status"] == "error"
+            assert "cover more tables than the 5 subscriptions" in reply["response"]["reason"]

@@ -429,3 +429,22 @@ def test_presence_and_broadcast_start_after_the_join_reply_and_stop_at_leave() -
     join(s, "realtime:other", [{"event": "*", "schema": "public", "table": "orders"}])
     error = {"type": "error", "id": "sb1", "code": "forbidden", "message": "no"}
     assert not any(isinstance(a, Left) for a in s.from_gateway(orjson.dumps(error)))
+
+
+def test_a_join_needing_more_subscriptions_than_the_connection_may_hold_sends_none() -> None:
+    """Attack: 32 schema-wide bindings over many tracked tables made one join frame
+    thousands of subscribe messages, each refused in turn (CPU and memory per frame)."""
+    many = [("public", f"t{i}") for i in range(300)]
+    s = session(tables=lambda schema: many, max_subscriptions=100)
+    bindings = [{"event": "*", "schema": "public", "filter": f"v=eq.{i}"} for i in range(32)]
+    actions = join(s, "realtime:x", bindings)
+    assert forwarded(actions) == []
+    [reply] = sent(actions)
+    assert reply[4]["status"] == "error"
+    assert reply[4]["response"]["reason"].startswith("too_many_subscriptions")
+    assert s.channels == {} and s.by_sub == {}
+    # Within the bound, a join goes on; the next one counts what is open.
+    few = session(tables=lambda schema: many[:60], max_subscriptions=100)
+    assert len(forwarded(join(few, "realtime:a", [{"event": "*", "schema": "public"}]))) == 60
+    refused = sent(join(few, "realtime:b", [{"event": "*", "schema": "public"}]))
+    assert refused[-1][4]["response"]["reason"].startswith("too_many_subscriptions")

@@ -146,6 +146,7 @@ class PhoenixSession:
         columns: Callable[[str, str], bytes],
         tables: Tables,
         join_rate: float,
+        max_subscriptions: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.vsn = vsn
@@ -153,6 +154,7 @@ class PhoenixSession:
         self.columns = columns
         self.tables = tables
         self.join_limit = RateLimit(join_rate, clock=clock)
+        self.max_subscriptions = max_subscriptions  # of the connection (0: no bound)
         self.channels: dict[str, _Channel] = {}
         self.by_sub: dict[str, str] = {}  # sub id -> topic
         self.by_prefix: dict[bytes, str] = {}  # change prefix -> sub id
@@ -234,6 +236,14 @@ class PhoenixSession:
             bindings = parse_bindings(config.get("postgres_changes"), self.tables)
         except ProtocolError as exc:
             return [*actions, self._reply(message, "error", {"reason": exc.message})]
+        unique = {binding.id: len(binding.tables) for binding in bindings}
+        needed, limit = sum(unique.values()), self.max_subscriptions
+        if limit and len(self.by_sub) + needed > limit:
+            # Refused before any subscribe: a join naming many tables is not thousands of
+            # subscribe messages doomed to fail one by one.
+            reason = "too_many_subscriptions: this join's bindings cover more tables than "
+            reason += f"the {limit} subscriptions a connection may hold"
+            return [*actions, self._reply(message, "error", {"reason": reason})]
         channel = _Channel(topic, message.join_ref, message.ref, config, bindings)
         self.channels[topic] = channel
         then: list[Action] = []

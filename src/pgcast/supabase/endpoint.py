@@ -194,6 +194,7 @@ class PhoenixEndpoint:
             columns=self.columns,
             tables=self.tables,
             join_rate=node.auth.limits.subscribe_rate,
+            max_subscriptions=node.settings.max_subscriptions,
         )
         link = PhoenixConnection(conn, session, self)
         self.links[conn] = link
