@@ -448,3 +448,28 @@ def test_a_join_needing_more_subscriptions_than_the_connection_may_hold_sends_no
     assert len(forwarded(join(few, "realtime:a", [{"event": "*", "schema": "public"}]))) == 60
     refused = sent(join(few, "realtime:b", [{"event": "*", "schema": "public"}]))
     assert refused[-1][4]["response"]["reason"].startswith("too_many_subscriptions")
+
+
+def test_a_change_too_deep_for_the_json_parser_is_split_without_recursion() -> None:
+    from pgcast.supabase.changes import _shallow_change, change_data
+
+    record = (
+        '{"id": 7, "doc": {"a": [1, {"b": "x\\"]}:,"}], "c": null}, "n": 1.50, '
+        '"t": "{[,:]}", "e": {}, "k\\u00e9": true}'
+    )
+    body = (
+        '"id":"42","schema":"public","table":"orders","op":"UPDATE","record":'
+        + record
+        + ',"old_record":{"id": 7},"changed":["doc"],"txid":"9",'
+        + '"committed_at":"2026-01-01T00:00:00.123456Z"}'
+    ).encode()
+    shallow = _shallow_change(b"{" + body)
+    assert orjson.loads(orjson.dumps(shallow["record"])) == orjson.loads(record)
+    assert orjson.dumps(shallow["record"]["n"]) == b"1.50"  # as written
+    assert shallow["old_record"] is not None and shallow["changed"] == ["doc"]
+    assert shallow["id"] == "42" and shallow["committed_at"].endswith("Z")
+    deep = "[" * 3000 + "]" * 3000
+    deep_body = body.replace(b'"e": {}', f'"e": {deep}'.encode())
+    change_id, data = change_data(deep_body, lambda schema, table: COLUMNS)
+    assert change_id == "42" and data["type"] == "UPDATE"
+    assert orjson.dumps(data["record"]["e"]).decode() == deep
