@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -463,3 +464,33 @@ async def test_a_join_covering_more_tables_than_a_connection_may_hold_is_refused
             reply = await client.join("realtime:x", bindings)
             assert reply["status"] == "error"
             assert "cover more tables than the 5 subscriptions" in reply["response"]["reason"]
+
+
+def _rss_mb() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+async def test_join_configs_are_not_kept_whole(database_url: str) -> None:
+    """Attack: a channel kept its join's whole config (and each binding as sent) until it
+    left; 20 joins of 0.95 MB configs (250,000 empty objects each) held 361 MB, and a
+    connection may hold 100 channels. A channel now keeps only its options."""
+    junk = [{}] * 250_000
+    binding = {"event": "*", "schema": "public", "table": "orders", "junk": junk}
+    async with running_gateway(database_url) as gateway, phoenix(gateway) as client:
+        gc.collect()
+        before = _rss_mb()
+        for i in range(20):
+            config = {"junk": junk, "presence": {"key": "k" * 200_000}}  # a frame: 0.95 MB
+            ref = await client.push(f"realtime:r{i}", "phx_join", {"config": config})
+            assert (await client.reply(ref))["status"] == "ok"
+        reply = await client.join("realtime:b", [binding])
+        assert reply["status"] == "error"  # orders is not tracked here
+        gc.collect()
+        assert _rss_mb() - before < 100, (before, _rss_mb())
+        track_ = {"type": "presence", "event": "track", "payload": {}}
+        refused = await client.reply(await client.push("realtime:r0", "presence", track_))
+        assert "presence key must be 1 to 255" in refused["response"]["reason"]

@@ -473,3 +473,34 @@ def test_a_change_too_deep_for_the_json_parser_is_split_without_recursion() -> N
     change_id, data = change_data(deep_body, lambda schema, table: COLUMNS)
     assert change_id == "42" and data["type"] == "UPDATE"
     assert orjson.dumps(data["record"]["e"]).decode() == deep
+
+
+def test_a_channel_keeps_only_its_options_and_each_binding_only_its_keys() -> None:
+    s = session()
+    junk = [{}] * 1000
+    binding = {"event": "*", "schema": "public", "table": "orders", "junk": junk}
+    config = {"junk": junk, "presence": {"key": "k" * 10_000, "enabled": True, "x": junk}}
+    config["broadcast"] = {"self": True, "ack": "yes", "x": junk}
+    s.receive(
+        frame(
+            "1",
+            "1",
+            "realtime:a",
+            "phx_join",
+            {"config": {**config, "postgres_changes": [binding]}},
+        )
+    )
+    channel = s.channels["realtime:a"]
+    assert channel.config == {
+        "broadcast": {"self": True},
+        "presence": {"enabled": True, "key": "k" * 256},
+    }
+    [kept] = channel.bindings
+    assert set(kept.echo) == {"event", "schema", "table", "id"}
+    too_wide = {"event": "*", "schema": "public", "table": "orders", "select": ["c"] * 1601}
+    refused = sent(
+        s.receive(
+            frame("1", "2", "realtime:b", "phx_join", {"config": {"postgres_changes": [too_wide]}})
+        )
+    )
+    assert refused[0][4]["status"] == "error" and "realtime:b" not in s.channels

@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from ..exceptions import ProtocolError
+from ..filters import MAX_FILTER_LENGTH
 from ..protocol import MAX_ID_LENGTH, ErrorCode
 
 __all__ = [
@@ -51,6 +52,9 @@ SINCE_KEY = "pgcast_since"
 MAX_BINDINGS = 32  # per channel: each is at least one subscription of the connection
 _EVENTS = {"*": ("INSERT", "UPDATE", "DELETE"), "INSERT": ("INSERT",)}
 _EVENTS |= {"UPDATE": ("UPDATE",), "DELETE": ("DELETE",)}
+
+MAX_COLUMNS = 1600  # PostgreSQL's most columns per table
+_ECHOED = ("event", "schema", "table", "filter", "select", SINCE_KEY)
 
 Tables = Callable[[str | None], Sequence[tuple[str, str]]]
 
@@ -161,12 +165,15 @@ def parse_bindings(raw: Any, tables: Tables) -> list[Binding]:
         schema = _name(params, "schema", required=True)
         table = _name(params, "table", required=False)
         text = params.get("filter")
-        if text is not None and not isinstance(text, str):
-            raise _invalid("postgres_changes 'filter' must be a string")
+        if text is not None and (not isinstance(text, str) or len(text) > MAX_FILTER_LENGTH):
+            raise _invalid(
+                f"postgres_changes 'filter' must be a string of at most {MAX_FILTER_LENGTH}"
+            )
         select = params.get("select")
         if select is not None and (
             not isinstance(select, list)
             or not select
+            or len(select) > MAX_COLUMNS
             or not all(isinstance(c, str) and 0 < len(c) <= 63 for c in select)
         ):
             raise _invalid("postgres_changes 'select' must be a non-empty list of column names")
@@ -183,7 +190,8 @@ def parse_bindings(raw: Any, tables: Tables) -> list[Binding]:
         bindings.append(
             Binding(
                 id=binding_id(params),
-                echo={**params, "id": binding_id(params)},
+                # Only the binding's own keys: a channel keeps this until it leaves.
+                echo={k: v for k, v in params.items() if k in _ECHOED} | {"id": binding_id(params)},
                 tables=named,
                 events=_EVENTS[event.upper()],
                 filter=supabase_filter(text) if text else None,

@@ -117,6 +117,22 @@ class Extension:
 Action = Reply | Forward | Authenticate | Close | Extension | Joined | Left
 
 
+def _kept(config: dict[str, Any]) -> dict[str, Any]:
+    """What a channel keeps of its join's config until it leaves: the broadcast and
+    presence options (the rest, up to a frame's size, is dropped)."""
+    kept: dict[str, Any] = {}
+    broadcast, presence = config.get("broadcast"), config.get("presence")
+    if isinstance(broadcast, dict):
+        options = {k: broadcast.get(k) for k in ("self", "ack")}
+        kept["broadcast"] = {k: v for k, v in options.items() if isinstance(v, bool)}
+    if isinstance(presence, dict):
+        kept["presence"] = {"enabled": True} if presence.get("enabled") is True else {}
+        key = presence.get("key")
+        if isinstance(key, str):  # one past pgcast.realtime.MAX_KEY_LENGTH: still refused
+            kept["presence"]["key"] = key[:256]
+    return kept
+
+
 @dataclasses.dataclass(eq=False)
 class _Channel:
     topic: str
@@ -244,7 +260,7 @@ class PhoenixSession:
             reason = "too_many_subscriptions: this join's bindings cover more tables than "
             reason += f"the {limit} subscriptions a connection may hold"
             return [*actions, self._reply(message, "error", {"reason": reason})]
-        channel = _Channel(topic, message.join_ref, message.ref, config, bindings)
+        channel = _Channel(topic, message.join_ref, message.ref, _kept(config), bindings)
         self.channels[topic] = channel
         then: list[Action] = []
         seen: set[int] = set()
