@@ -504,3 +504,14 @@ def test_a_channel_keeps_only_its_options_and_each_binding_only_its_keys() -> No
         )
     )
     assert refused[0][4]["status"] == "error" and "realtime:b" not in s.channels
+
+
+def test_bindings_a_channel_would_keep_are_bounded_in_bytes() -> None:
+    """Attack: 32 bindings over tables the token may not read (left out silently), each
+    with a `select` of 400 distinct long names, kept per channel, 100 channels."""
+    s = session()
+    names = [f"c{i:060d}" for i in range(400)]  # 32 of them: a 0.83 MB frame
+    bindings = [{"event": "*", "schema": "public", "select": names} for _ in range(32)]
+    refused = sent(join(s, "realtime:a", bindings))
+    assert "bindings over 65536 bytes" in refused[0][4]["response"]["reason"]
+    assert s.channels == {}

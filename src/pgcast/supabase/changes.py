@@ -53,6 +53,7 @@ MAX_BINDINGS = 32  # per channel: each is at least one subscription of the conne
 _EVENTS = {"*": ("INSERT", "UPDATE", "DELETE"), "INSERT": ("INSERT",)}
 _EVENTS |= {"UPDATE": ("UPDATE",), "DELETE": ("DELETE",)}
 
+MAX_BINDINGS_BYTES = 65_536  # a channel's bindings, JSON-encoded
 MAX_COLUMNS = 1600  # PostgreSQL's most columns per table
 _ECHOED = ("event", "schema", "table", "filter", "select", SINCE_KEY)
 
@@ -155,6 +156,12 @@ def parse_bindings(raw: Any, tables: Tables) -> list[Binding]:
     raw = [binding for binding in raw if binding is not None]
     if len(raw) > MAX_BINDINGS:
         raise _invalid(f"at most {MAX_BINDINGS} postgres_changes bindings per channel")
+    try:
+        size = len(orjson.dumps(raw))
+    except TypeError:
+        size = 0  # not JSON at all: refused below, binding by binding
+    if size > MAX_BINDINGS_BYTES:  # a channel keeps its bindings until it leaves
+        raise _invalid(f"postgres_changes bindings over {MAX_BINDINGS_BYTES} bytes")
     bindings = []
     for params in raw:
         if not isinstance(params, dict):
