@@ -315,7 +315,11 @@ class Node:
                     self.unreadable.withheld(describe(change), exc)
                     continue
                 conn: Connection = sub.owner
-                conn.queue_change(sub.prefix, body, change.id)
+                try:
+                    conn.queue_change(sub.prefix, body, change.id)
+                except Exception as exc:  # a transport's own encoding (Supabase's) failed
+                    self.unreadable.withheld(describe(change), exc)
+                    continue
                 touched.add(conn)
                 deliveries += 1
         for conn in touched:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -358,3 +359,138 @@ async def test_broadcasts_reach_2_0_0_clients_as_binary_frames_and_1_0_0_as_text
             text = orjson.loads(await asyncio.wait_for(text_reader.recv(), TIMEOUT))
             assert text["event"] == "broadcast"
             assert text["payload"] == {"type": "broadcast", "event": "cursor", "payload": {"x": 1}}
+
+
+@pytest.mark.parametrize("missing", ["exp", "role"])
+async def test_access_token_refresh_without_role_or_exp_closes_like_a_join_refusal(
+    database_url: str, orders: asyncpg.Connection, tmp_path: Path, missing: str
+) -> None:
+    """Attack: join with a token that expires, then refresh with a token of the same
+    subject that has no ``exp`` (or no ``role``): the join's requirement must hold for
+    refreshes too, else the connection outlives every expiry."""
+    async with (
+        running_gateway(database_url, auth=make_auth(tmp_path)) as gateway,
+        phoenix(gateway) as client,
+    ):
+        assert (await client.join("realtime:a", [ORDERS], access_token=token(1)))["status"] == "ok"
+        await client.until("system")
+        bare = token(1, **{missing: None})
+        await client.push("realtime:a", "access_token", {"access_token": bare})
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.until("never")
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4501
+        assert "`role` and `exp`" in closed.value.rcvd.reason
+
+
+async def test_schema_wide_bindings_skip_tables_the_token_may_not_read_without_naming_them(
+    database_url: str, orders: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Attack: a binding without a table (or with ``*``) expands to every tracked table;
+    the refusal of a forbidden one named it, so a token learnt which tables are tracked
+    (and the whole join failed). The forbidden tables are now left out silently."""
+    await orders.execute("CREATE TABLE payroll (id serial PRIMARY KEY, salary int)")
+    await track(orders, parse_table_name("payroll"))
+    async with (
+        running_gateway(database_url, auth=make_auth(tmp_path)) as gateway,
+        phoenix(gateway) as client,
+    ):
+        bindings = [{"event": "*", "schema": "public"}, {"event": "*", "schema": "*"}]
+        for topic, binding in zip(("realtime:a", "realtime:b"), bindings, strict=True):
+            reply = await client.join(topic, [binding], access_token=token(1))
+            assert reply["status"] == "ok", reply
+            assert "payroll" not in orjson.dumps(reply).decode()
+            await client.until("system", topic)
+        await orders.execute("INSERT INTO payroll (salary) VALUES (100000)")
+        await orders.execute("INSERT INTO orders (merchant_id, note) VALUES (2, 'theirs')")
+        await orders.execute("INSERT INTO orders (merchant_id, note) VALUES (1, 'mine')")
+        seen = [await client.until("postgres_changes") for _ in range(2)]
+        assert sorted(m[2] for m in seen) == ["realtime:a", "realtime:b"]
+        assert {m[4]["data"]["record"]["note"] for m in seen} == {"mine"}
+        # A named forbidden table is still refused (without telling whether it is tracked).
+        named = {"event": "*", "schema": "public", "table": "payroll"}
+        assert (await client.join("realtime:c", [named]))["status"] == "error"
+
+
+async def test_a_deeply_nested_jsonb_value_reaches_supabase_clients_and_stalls_no_one(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    """Attack: a row whose jsonb nests 3,000 levels (beyond Python's recursion limit)
+    made every dispatch of its page raise while a Supabase client subscribed: no client,
+    native or Supabase, received anything after it. It now arrives, as written."""
+    await conn.execute("CREATE TABLE docs (id int PRIMARY KEY, doc jsonb)")
+    await track(conn, parse_table_name("docs"))
+    deep = "[" * 3000 + "]" * 3000
+    binding = {"event": "*", "schema": "public", "table": "docs"}
+    async with (
+        running_gateway(database_url) as gateway,
+        phoenix(gateway) as client,
+        connect(f"ws://127.0.0.1:{gateway.port}/ws", max_size=None) as native,
+    ):
+        assert (await client.join("realtime:d", [binding]))["status"] == "ok"
+        await native.send(orjson.dumps({"type": "subscribe", "id": "s", "table": "docs"}).decode())
+        async with asyncio.timeout(TIMEOUT):
+            while orjson.loads(await native.recv())["type"] != "subscribed":
+                pass
+        await conn.execute("INSERT INTO docs VALUES (1, $1::text::jsonb)", deep)
+        await conn.execute("INSERT INTO docs VALUES (2, '{\"n\": 1.50}')")
+        async with asyncio.timeout(TIMEOUT):  # raw: too deep for the test's JSON parser
+            raw = ""
+            while '"postgres_changes",{"ids"' not in raw:
+                raw = str(await client.ws.recv())
+        assert '"pgcast:' in raw and f'"doc":{deep}' in raw.replace(" ", "")
+        second = await client.until("postgres_changes")
+        assert second[4]["data"]["record"] == {"id": 2, "doc": {"n": 1.50}}
+        async with asyncio.timeout(TIMEOUT):  # the native client still gets both
+            changes = 0
+            while changes < 2:
+                changes += '"type":"change"' in str(await native.recv())
+
+
+async def test_a_join_covering_more_tables_than_a_connection_may_hold_is_refused_at_once(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    """Attack: 32 distinct schema-wide bindings made one join frame 32 subscribe messages
+    per tracked table, refused one by one (300 tables: 40 such frames kept the gateway
+    busy 20 s and grew it by 84 MB). Now refused before any subscribe."""
+    for i in range(8):
+        await conn.execute(f"CREATE TABLE t{i} (id serial PRIMARY KEY, v int)")
+        await track(conn, parse_table_name(f"t{i}"))
+    bindings = [{"event": "*", "schema": "public", "filter": f"v=eq.{i}"} for i in range(32)]
+    async with running_gateway(database_url, max_subscriptions=5) as gateway:
+        async with phoenix(gateway) as client:  # the catalog is loaded once this resolves
+            named = {"event": "*", "schema": "public", "table": "t0"}
+            assert (await client.join("realtime:warm", [named]))["status"] == "ok"
+        async with phoenix(gateway) as client:
+            reply = await client.join("realtime:x", bindings)
+            assert reply["status"] == "error"
+            assert "cover more tables than the 5 subscriptions" in reply["response"]["reason"]
+
+
+def _rss_mb() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+async def test_join_configs_are_not_kept_whole(database_url: str) -> None:
+    """Attack: a channel kept its join's whole config (and each binding as sent) until it
+    left; 20 joins of 0.95 MB configs (250,000 empty objects each) held 361 MB, and a
+    connection may hold 100 channels. A channel now keeps only its options."""
+    junk = [{}] * 250_000
+    binding = {"event": "*", "schema": "public", "table": "orders", "junk": junk}
+    async with running_gateway(database_url) as gateway, phoenix(gateway) as client:
+        gc.collect()
+        before = _rss_mb()
+        for i in range(20):
+            config = {"junk": junk, "presence": {"key": "k" * 200_000}}  # a frame: 0.95 MB
+            ref = await client.push(f"realtime:r{i}", "phx_join", {"config": config})
+            assert (await client.reply(ref))["status"] == "ok"
+        reply = await client.join("realtime:b", [binding])
+        assert reply["status"] == "error"  # orders is not tracked here
+        gc.collect()
+        assert _rss_mb() - before < 100, (before, _rss_mb())
+        track_ = {"type": "presence", "event": "track", "payload": {}}
+        refused = await client.reply(await client.push("realtime:r0", "presence", track_))
+        assert "presence key must be 1 to 255" in refused["response"]["reason"]

@@ -429,3 +429,89 @@ def test_presence_and_broadcast_start_after_the_join_reply_and_stop_at_leave() -
     join(s, "realtime:other", [{"event": "*", "schema": "public", "table": "orders"}])
     error = {"type": "error", "id": "sb1", "code": "forbidden", "message": "no"}
     assert not any(isinstance(a, Left) for a in s.from_gateway(orjson.dumps(error)))
+
+
+def test_a_join_needing_more_subscriptions_than_the_connection_may_hold_sends_none() -> None:
+    """Attack: 32 schema-wide bindings over many tracked tables made one join frame
+    thousands of subscribe messages, each refused in turn (CPU and memory per frame)."""
+    many = [("public", f"t{i}") for i in range(300)]
+    s = session(tables=lambda schema: many, max_subscriptions=100)
+    bindings = [{"event": "*", "schema": "public", "filter": f"v=eq.{i}"} for i in range(32)]
+    actions = join(s, "realtime:x", bindings)
+    assert forwarded(actions) == []
+    [reply] = sent(actions)
+    assert reply[4]["status"] == "error"
+    assert reply[4]["response"]["reason"].startswith("too_many_subscriptions")
+    assert s.channels == {} and s.by_sub == {}
+    # Within the bound, a join goes on; the next one counts what is open.
+    few = session(tables=lambda schema: many[:60], max_subscriptions=100)
+    assert len(forwarded(join(few, "realtime:a", [{"event": "*", "schema": "public"}]))) == 60
+    refused = sent(join(few, "realtime:b", [{"event": "*", "schema": "public"}]))
+    assert refused[-1][4]["response"]["reason"].startswith("too_many_subscriptions")
+
+
+def test_a_change_too_deep_for_the_json_parser_is_split_without_recursion() -> None:
+    from pgcast.supabase.changes import _shallow_change, change_data
+
+    record = (
+        '{"id": 7, "doc": {"a": [1, {"b": "x\\"]}:,"}], "c": null}, "n": 1.50, '
+        '"t": "{[,:]}", "e": {}, "k\\u00e9": true}'
+    )
+    body = (
+        '"id":"42","schema":"public","table":"orders","op":"UPDATE","record":'
+        + record
+        + ',"old_record":{"id": 7},"changed":["doc"],"txid":"9",'
+        + '"committed_at":"2026-01-01T00:00:00.123456Z"}'
+    ).encode()
+    shallow = _shallow_change(b"{" + body)
+    assert orjson.loads(orjson.dumps(shallow["record"])) == orjson.loads(record)
+    assert orjson.dumps(shallow["record"]["n"]) == b"1.50"  # as written
+    assert shallow["old_record"] is not None and shallow["changed"] == ["doc"]
+    assert shallow["id"] == "42" and shallow["committed_at"].endswith("Z")
+    deep = "[" * 3000 + "]" * 3000
+    deep_body = body.replace(b'"e": {}', f'"e": {deep}'.encode())
+    change_id, data = change_data(deep_body, lambda schema, table: COLUMNS)
+    assert change_id == "42" and data["type"] == "UPDATE"
+    assert orjson.dumps(data["record"]["e"]).decode() == deep
+
+
+def test_a_channel_keeps_only_its_options_and_each_binding_only_its_keys() -> None:
+    s = session()
+    junk = [{}] * 1000
+    binding = {"event": "*", "schema": "public", "table": "orders", "junk": junk}
+    config = {"junk": junk, "presence": {"key": "k" * 10_000, "enabled": True, "x": junk}}
+    config["broadcast"] = {"self": True, "ack": "yes", "x": junk}
+    s.receive(
+        frame(
+            "1",
+            "1",
+            "realtime:a",
+            "phx_join",
+            {"config": {**config, "postgres_changes": [binding]}},
+        )
+    )
+    channel = s.channels["realtime:a"]
+    assert channel.config == {
+        "broadcast": {"self": True},
+        "presence": {"enabled": True, "key": "k" * 256},
+    }
+    [kept] = channel.bindings
+    assert set(kept.echo) == {"event", "schema", "table", "id"}
+    too_wide = {"event": "*", "schema": "public", "table": "orders", "select": ["c"] * 1601}
+    refused = sent(
+        s.receive(
+            frame("1", "2", "realtime:b", "phx_join", {"config": {"postgres_changes": [too_wide]}})
+        )
+    )
+    assert refused[0][4]["status"] == "error" and "realtime:b" not in s.channels
+
+
+def test_bindings_a_channel_would_keep_are_bounded_in_bytes() -> None:
+    """Attack: 32 bindings over tables the token may not read (left out silently), each
+    with a `select` of 400 distinct long names, kept per channel, 100 channels."""
+    s = session()
+    names = [f"c{i:060d}" for i in range(400)]  # 32 of them: a 0.83 MB frame
+    bindings = [{"event": "*", "schema": "public", "select": names} for _ in range(32)]
+    refused = sent(join(s, "realtime:a", bindings))
+    assert "bindings over 65536 bytes" in refused[0][4]["response"]["reason"]
+    assert s.channels == {}

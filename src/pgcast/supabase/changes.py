@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 import orjson
 
 from ..exceptions import ProtocolError
+from ..filters import MAX_FILTER_LENGTH
 from ..protocol import MAX_ID_LENGTH, ErrorCode
 
 __all__ = [
@@ -51,6 +53,10 @@ MAX_BINDINGS = 32  # per channel: each is at least one subscription of the conne
 _EVENTS = {"*": ("INSERT", "UPDATE", "DELETE"), "INSERT": ("INSERT",)}
 _EVENTS |= {"UPDATE": ("UPDATE",), "DELETE": ("DELETE",)}
 
+MAX_BINDINGS_BYTES = 65_536  # a channel's bindings, JSON-encoded
+MAX_COLUMNS = 1600  # PostgreSQL's most columns per table
+_ECHOED = ("event", "schema", "table", "filter", "select", SINCE_KEY)
+
 Tables = Callable[[str | None], Sequence[tuple[str, str]]]
 
 
@@ -65,6 +71,7 @@ class Binding:
     filter: str | None
     since: str | None
     columns: tuple[str, ...] | None
+    wildcard: bool = False  # no table named: the tracked tables the token may read
 
     def subscribe(self, sub_id: str, schema: str | None, table: str) -> dict[str, Any]:
         """The pgcast ``subscribe`` message for one of this binding's tables."""
@@ -149,6 +156,12 @@ def parse_bindings(raw: Any, tables: Tables) -> list[Binding]:
     raw = [binding for binding in raw if binding is not None]
     if len(raw) > MAX_BINDINGS:
         raise _invalid(f"at most {MAX_BINDINGS} postgres_changes bindings per channel")
+    try:
+        size = len(orjson.dumps(raw))
+    except TypeError:
+        size = 0  # not JSON at all: refused below, binding by binding
+    if size > MAX_BINDINGS_BYTES:  # a channel keeps its bindings until it leaves
+        raise _invalid(f"postgres_changes bindings over {MAX_BINDINGS_BYTES} bytes")
     bindings = []
     for params in raw:
         if not isinstance(params, dict):
@@ -159,12 +172,15 @@ def parse_bindings(raw: Any, tables: Tables) -> list[Binding]:
         schema = _name(params, "schema", required=True)
         table = _name(params, "table", required=False)
         text = params.get("filter")
-        if text is not None and not isinstance(text, str):
-            raise _invalid("postgres_changes 'filter' must be a string")
+        if text is not None and (not isinstance(text, str) or len(text) > MAX_FILTER_LENGTH):
+            raise _invalid(
+                f"postgres_changes 'filter' must be a string of at most {MAX_FILTER_LENGTH}"
+            )
         select = params.get("select")
         if select is not None and (
             not isinstance(select, list)
             or not select
+            or len(select) > MAX_COLUMNS
             or not all(isinstance(c, str) and 0 < len(c) <= 63 for c in select)
         ):
             raise _invalid("postgres_changes 'select' must be a non-empty list of column names")
@@ -181,12 +197,14 @@ def parse_bindings(raw: Any, tables: Tables) -> list[Binding]:
         bindings.append(
             Binding(
                 id=binding_id(params),
-                echo={**params, "id": binding_id(params)},
+                # Only the binding's own keys: a channel keeps this until it leaves.
+                echo={k: v for k, v in params.items() if k in _ECHOED} | {"id": binding_id(params)},
                 tables=named,
                 events=_EVENTS[event.upper()],
                 filter=supabase_filter(text) if text else None,
                 since=_since(params.get(SINCE_KEY)),
                 columns=tuple(select) if select is not None else None,
+                wildcard=table is None or table == "*",
             )
         )
     return bindings
@@ -206,7 +224,12 @@ def change_data(body: bytes, columns: Callable[[str, str], bytes]) -> tuple[str,
     ``columns(schema, table)`` is the table's encoded ``[{"name", "type"}...]``. Numbers keep
     PostgreSQL's text (``orjson.Fragment``), so nothing is rounded on the way.
     """
-    change = json.loads(b"{" + body, parse_float=_number, parse_int=_number, parse_constant=_refuse)
+    try:
+        change = json.loads(
+            b"{" + body, parse_float=_number, parse_int=_number, parse_constant=_refuse
+        )
+    except RecursionError:  # a value nested deeper than Python's recursion limit
+        change = _shallow_change(b"{" + body)
     op = change["op"]
     committed = str(change["committed_at"])
     if len(committed) > 24 and committed.endswith("Z"):
@@ -224,6 +247,48 @@ def change_data(body: bytes, columns: Callable[[str, str], bytes]) -> tuple[str,
     if op in ("UPDATE", "DELETE"):
         data["old_record"] = change["old_record"] or {}
     return str(change["id"]), data
+
+
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
+
+
+def _members(text: str) -> dict[str, str]:
+    """The members of the JSON object ``text`` (well-formed): name -> the value's raw
+    text. Iterative, so any nesting depth passes."""
+    members: dict[str, str] = {}
+    depth, key, value_at = 0, None, 0
+    for token in _TOKEN.finditer(text):
+        item = token.group()
+        if item in "[{":
+            depth += 1
+        elif item in "]}":
+            depth -= 1
+            if depth == 0:
+                if key is not None:
+                    members[key] = text[value_at : token.start()].strip()
+                break
+        elif depth == 1:
+            if item == ":":
+                value_at = token.end()
+            elif item == ",":
+                assert key is not None
+                members[key] = text[value_at : token.start()].strip()
+                key = None
+            elif key is None:
+                key = json.loads(item)
+    return members
+
+
+def _shallow_change(body: bytes) -> dict[str, Any]:
+    """A change body parsed to its row values only; each value is kept as its raw
+    text (an ``orjson.Fragment``), however deeply it nests."""
+    change: dict[str, Any] = {}
+    for name, raw in _members(body.decode()).items():
+        if name in ("record", "old_record") and raw != "null":
+            change[name] = {k: orjson.Fragment(v) for k, v in _members(raw).items()}
+        else:
+            change[name] = json.loads(raw, parse_float=_number, parse_int=_number)
+    return change
 
 
 # The last changes encoded, by their pgcast body: a change dispatched to many Supabase

@@ -117,6 +117,22 @@ class Extension:
 Action = Reply | Forward | Authenticate | Close | Extension | Joined | Left
 
 
+def _kept(config: dict[str, Any]) -> dict[str, Any]:
+    """What a channel keeps of its join's config until it leaves: the broadcast and
+    presence options (the rest, up to a frame's size, is dropped)."""
+    kept: dict[str, Any] = {}
+    broadcast, presence = config.get("broadcast"), config.get("presence")
+    if isinstance(broadcast, dict):
+        options = {k: broadcast.get(k) for k in ("self", "ack")}
+        kept["broadcast"] = {k: v for k, v in options.items() if isinstance(v, bool)}
+    if isinstance(presence, dict):
+        kept["presence"] = {"enabled": True} if presence.get("enabled") is True else {}
+        key = presence.get("key")
+        if isinstance(key, str):  # one past pgcast.realtime.MAX_KEY_LENGTH: still refused
+            kept["presence"]["key"] = key[:256]
+    return kept
+
+
 @dataclasses.dataclass(eq=False)
 class _Channel:
     topic: str
@@ -126,6 +142,7 @@ class _Channel:
     bindings: list[Binding]
     subs: dict[str, int] = dataclasses.field(default_factory=dict)  # sub id -> binding id
     pending: set[str] = dataclasses.field(default_factory=set)  # not yet `subscribed`
+    wildcard: set[str] = dataclasses.field(default_factory=set)  # of bindings naming no table
     replied: bool = False
     announced: bool = False
 
@@ -145,6 +162,7 @@ class PhoenixSession:
         columns: Callable[[str, str], bytes],
         tables: Tables,
         join_rate: float,
+        max_subscriptions: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.vsn = vsn
@@ -152,6 +170,7 @@ class PhoenixSession:
         self.columns = columns
         self.tables = tables
         self.join_limit = RateLimit(join_rate, clock=clock)
+        self.max_subscriptions = max_subscriptions  # of the connection (0: no bound)
         self.channels: dict[str, _Channel] = {}
         self.by_sub: dict[str, str] = {}  # sub id -> topic
         self.by_prefix: dict[bytes, str] = {}  # change prefix -> sub id
@@ -233,7 +252,15 @@ class PhoenixSession:
             bindings = parse_bindings(config.get("postgres_changes"), self.tables)
         except ProtocolError as exc:
             return [*actions, self._reply(message, "error", {"reason": exc.message})]
-        channel = _Channel(topic, message.join_ref, message.ref, config, bindings)
+        unique = {binding.id: len(binding.tables) for binding in bindings}
+        needed, limit = sum(unique.values()), self.max_subscriptions
+        if limit and len(self.by_sub) + needed > limit:
+            # Refused before any subscribe: a join naming many tables is not thousands of
+            # subscribe messages doomed to fail one by one.
+            reason = "too_many_subscriptions: this join's bindings cover more tables than "
+            reason += f"the {limit} subscriptions a connection may hold"
+            return [*actions, self._reply(message, "error", {"reason": reason})]
+        channel = _Channel(topic, message.join_ref, message.ref, _kept(config), bindings)
         self.channels[topic] = channel
         then: list[Action] = []
         seen: set[int] = set()
@@ -243,6 +270,8 @@ class PhoenixSession:
             seen.add(binding.id)
             for schema, table in binding.tables:
                 sub_id = self._open_sub(channel, binding.id)
+                if binding.wildcard:
+                    channel.wildcard.add(sub_id)
                 then.append(Forward(binding.subscribe(sub_id, schema, table)))
         if not channel.pending:
             then += self._answer_join(channel)
@@ -318,23 +347,18 @@ class PhoenixSession:
         channel = self.channels.get(topic) if topic is not None else None
         if channel is None or not isinstance(sub_id, str):
             return []  # welcome, pong, unsubscribed, or about a channel already left
+        forbidden = kind == "error" and message.get("code") == ErrorCode.FORBIDDEN
+        if forbidden and sub_id in channel.wildcard and sub_id in channel.pending:
+            # A table the token may not read, named by no binding: left out unnamed (the
+            # error would tell the client it is tracked), as if it were not tracked.
+            self._drop_sub(channel, sub_id)
+            return self._settled(channel)
         if kind == "subscribed":
             channel.pending.discard(sub_id)
-            actions: list[Action] = []
-            if not channel.pending:
-                if not channel.replied:
-                    actions += self._answer_join(channel)
-                if not channel.announced:
-                    channel.announced = True
-                    text = "Subscribed to PostgreSQL"
-                    actions.append(self._system(channel, "postgres_changes", "ok", text))
-            return actions
+            return self._settled(channel)
         if kind == "error":
             reason = f"{message.get('code')}: {message.get('message')}"
-            self.by_sub.pop(sub_id, None)
-            self.by_prefix.pop(subscription_prefix(sub_id), None)
-            channel.subs.pop(sub_id, None)
-            channel.pending.discard(sub_id)
+            self._drop_sub(channel, sub_id)
             if not channel.replied:
                 refused = self._join_reply(channel, "error", {"reason": reason})
                 return [*self._leave(channel), refused]
@@ -343,6 +367,25 @@ class PhoenixSession:
             text = f"ResyncRequired: {message.get('reason')}"
             return [self._system(channel, "postgres_changes", "error", text)]
         return []
+
+    def _drop_sub(self, channel: _Channel, sub_id: str) -> None:
+        self.by_sub.pop(sub_id, None)
+        self.by_prefix.pop(subscription_prefix(sub_id), None)
+        channel.subs.pop(sub_id, None)
+        channel.pending.discard(sub_id)
+        channel.wildcard.discard(sub_id)
+
+    def _settled(self, channel: _Channel) -> list[Action]:
+        """Answer the join (once) when none of its subscriptions is pending any more."""
+        actions: list[Action] = []
+        if not channel.pending:
+            if not channel.replied:
+                actions += self._answer_join(channel)
+            if not channel.announced:
+                channel.announced = True
+                text = "Subscribed to PostgreSQL"
+                actions.append(self._system(channel, "postgres_changes", "ok", text))
+        return actions
 
     def change(self, prefix: bytes, body: bytes) -> list[Action]:
         """A change for the subscription whose message starts with ``prefix``."""

@@ -24,6 +24,7 @@ import orjson
 
 from ..auth import extract_token
 from ..exceptions import AuthError, ProtocolError
+from ..protocol import CloseCode
 from ..routes import PHOENIX_PATHS
 from ..topics import TOPIC_NAME, Member, MemberOptions
 from ..transports import Connection, Refusal, RequestHead
@@ -193,6 +194,7 @@ class PhoenixEndpoint:
             columns=self.columns,
             tables=self.tables,
             join_rate=node.auth.limits.subscribe_rate,
+            max_subscriptions=node.settings.max_subscriptions,
         )
         link = PhoenixConnection(conn, session, self)
         self.links[conn] = link
@@ -226,6 +228,11 @@ class PhoenixEndpoint:
             if isinstance(action, Reply):
                 link.conn.send(action.frame)
             elif isinstance(action, Forward):
+                if self._refresh_lacks_claims(link, action.message):
+                    # As at the join: a refreshed token without them would also lift the
+                    # connection's expiry (no `exp`, no expiry timer).
+                    link.conn.close(CloseCode.UNAUTHORIZED, MISSING_CLAIMS)
+                    return
                 self.node.connections.received(link, orjson.dumps(action.message).decode())
             elif isinstance(action, Authenticate):
                 self._authenticate(link, action)
@@ -237,6 +244,21 @@ class PhoenixEndpoint:
                 self._joined(link, action)
             elif isinstance(action, Left):
                 self._left(link, action.topic)
+
+    def _refresh_lacks_claims(self, link: PhoenixConnection, message: dict[str, Any]) -> bool:
+        """Whether ``message`` is an ``auth`` refresh whose (valid) token lacks ``role`` or
+        ``exp`` that the connection's token has (a join's always has both); a token that
+        does not verify is the session's to refuse."""
+        client = self.node.connections.clients.get(link)
+        current = client.session.identity if client is not None else None
+        if message.get("type") != "auth" or current is None:
+            return False
+        try:
+            identity = self.node.auth.authenticate(message.get("token"))
+        except AuthError:
+            return False
+        required = {"role", "exp"} & current.claims.keys()
+        return not identity.anonymous and not required <= identity.claims.keys()
 
     def _authenticate(self, link: PhoenixConnection, action: Authenticate) -> None:
         auth = self.node.auth
