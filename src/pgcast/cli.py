@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from . import __version__, cli_embedded, cli_status, cli_uninstall, event_loop
-from .capture import installer
+from .capture import installer, retention
 from .config import Settings, load_settings, parse_setting
 from .embedded import resolve_database_url
 from .exceptions import ConfigError, PgcastError
@@ -286,7 +286,7 @@ async def cmd_prune(args: argparse.Namespace) -> int:
         older = settings.retention if args.keep_last is None else None
         if args.older_than is not None:
             older = older_than
-        removed = await installer.prune(conn, older_than=older, keep_last=args.keep_last)
+        removed = await retention.prune(conn, older_than=older, keep_last=args.keep_last)
     finally:
         await conn.close()
     print(f"pruned {removed} change log rows")

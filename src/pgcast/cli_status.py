@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from .capture import installer
+from .capture import installer, retention
 from .capture.wal_status import explain_wal, wal_report
 from .embedded import resolve_database_url
 from .exceptions import PgcastError
@@ -30,7 +30,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     conn = await _connect(settings, dsn, statement_cache_size=0)
     try:
         tables = await installer.tracked_tables(conn)
-        stats = await installer.log_stats(conn)
+        stats = await retention.log_stats(conn)
         listeners = await conn.fetch(
             "SELECT pid, client_addr::text AS addr, backend_start, state, application_name "
             "FROM pg_stat_activity "

@@ -27,7 +27,7 @@ from .admission import Admission
 from .auth import AuthConfig, RowRule
 from .bus import Bus
 from .bus_postgres import PostgresBus
-from .capture.installer import prune
+from .capture.retention import prune
 from .capture.wal import WalConsumer
 from .catalog import Catalog
 from .catch_up import CatchUps

@@ -16,12 +16,11 @@ from pgcast.capture.installer import (
     TrackOptions,
     install,
     installed_version,
-    log_stats,
-    prune,
     track,
     tracked_tables,
     untrack,
 )
+from pgcast.capture.retention import log_stats, prune
 from pgcast.capture.sql import CHANNEL, SCHEMA_VERSION
 from pgcast.changelog import LogCursor, read_new
 from pgcast.exceptions import CaptureError, IdentifierError

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from pgcast.capture.installer import prune, track
+from pgcast.capture.installer import track
+from pgcast.capture.retention import prune
 from pgcast.changelog import Horizon, LogCursor, Replay, lend, read_new, replay, start_cursor
 from pgcast.identifiers import parse_table_name
 

@@ -30,7 +30,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from pgcast.backoff import backoff
-from pgcast.capture.installer import prune, track
+from pgcast.capture.installer import track
+from pgcast.capture.retention import prune
 from pgcast.client import ClientStatus, Subscription, connect
 from pgcast.config import Settings
 from pgcast.embedded import ensure_embedded, stop_embedded
