@@ -48,6 +48,8 @@ class Broadcast:
     payload: Any
     payload_json: bytes
     sender: object = dataclasses.field(default=None, compare=False)
+    # Each transport's frame, encoded for its first member and shared by the others.
+    frames: dict[str, bytes] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(

@@ -326,10 +326,11 @@ class Realtime:
         if not diff or diff.topic not in self.topics:
             return
         joins, leaves = diff.joins_payload(), diff.leaves_payload()
+        frames: dict[str, bytes] = {}
         for member in self.topics.members(diff.topic):
             if member.options.presence:
                 try:
-                    member.sink.presence_diff(diff.topic, joins, leaves)
+                    member.sink.presence_diff(diff.topic, joins, leaves, frames)
                 except Exception:
                     logger.exception("delivering a presence diff to %r failed", member)
 

@@ -42,11 +42,20 @@ class NativeSink:
     def presence_state(self, topic: str, state: dict[str, Any]) -> None:
         self.conn.send(wire.presence_state(topic, state))
 
-    def presence_diff(self, topic: str, joins: dict[str, Any], leaves: dict[str, Any]) -> None:
-        self.conn.send(wire.presence_diff(topic, joins, leaves))
+    def presence_diff(
+        self, topic: str, joins: dict[str, Any], leaves: dict[str, Any], frames: dict[str, bytes]
+    ) -> None:
+        frame = frames.get("native")
+        if frame is None:  # the same frame for every native member: encoded once
+            frame = frames["native"] = wire.presence_diff(topic, joins, leaves)
+        self.conn.send(frame)
 
     def broadcast(self, message: Broadcast) -> None:
-        self.conn.send(wire.broadcast_frame(wire.broadcast_prefix(message), message))
+        frame = message.frames.get("native")
+        if frame is None:  # the same frame for every native member: encoded once
+            frame = wire.broadcast_frame(wire.broadcast_prefix(message), message)
+            message.frames["native"] = frame
+        self.conn.send(frame)
 
 
 def default_key(session: Session) -> str:

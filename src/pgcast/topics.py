@@ -80,12 +80,16 @@ class Sink(Protocol):
     Called on the event loop, synchronously; each must only queue bytes (never block).
     ``presence_state`` is the full state (``{key: {"metas": [...]}}``, Phoenix's shape)
     once after joining; ``presence_diff`` the joins and leaves after it; ``broadcast``
-    each broadcast (its ``payload_json`` is encoded once for every member).
+    each broadcast (its ``payload_json`` is encoded once for every member). A frame
+    that is the same for every member of a transport is encoded by the first one and
+    kept for the others: in ``frames`` (one dict per diff) or ``Broadcast.frames``.
     """
 
     def presence_state(self, topic: str, state: dict[str, Any]) -> None: ...
 
-    def presence_diff(self, topic: str, joins: dict[str, Any], leaves: dict[str, Any]) -> None: ...
+    def presence_diff(
+        self, topic: str, joins: dict[str, Any], leaves: dict[str, Any], frames: dict[str, bytes]
+    ) -> None: ...
 
     def broadcast(self, message: Broadcast) -> None: ...
 

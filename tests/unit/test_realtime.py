@@ -28,7 +28,9 @@ class Sink:
     def presence_state(self, topic: str, state: dict[str, Any]) -> None:
         self.states.append((topic, state))
 
-    def presence_diff(self, topic: str, joins: dict[str, Any], leaves: dict[str, Any]) -> None:
+    def presence_diff(
+        self, topic: str, joins: dict[str, Any], leaves: dict[str, Any], frames: dict[str, bytes]
+    ) -> None:
         self.diffs.append((topic, joins, leaves))
 
     def broadcast(self, message: Broadcast) -> None:

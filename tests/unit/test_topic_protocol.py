@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import orjson
 import pytest
 
 from pgcast import protocol
+from pgcast.broadcast import Broadcast
 from pgcast.client import apply_presence_diff
 from pgcast.exceptions import ProtocolError
 from pgcast.topic_protocol import BroadcastRequest, Join, Track, topic_error
+from pgcast.topic_requests import NativeSink
 
 
 def test_join_defaults_and_options() -> None:
@@ -71,3 +75,31 @@ def test_python_client_applies_diffs_by_ref() -> None:
     assert left == {"b": {"metas": [{"phx_ref": "3"}]}}
     assert apply_presence_diff(left, {"b": {"metas": [{"phx_ref": "3"}]}}, {}) == left
     assert len(state["a"]["metas"]) == 2  # not changed in place
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send(self, payload: bytes) -> None:
+        self.frames.append(payload)
+
+
+def test_native_members_share_one_encoded_frame_per_broadcast_and_diff() -> None:
+    conns = [_Sent() for _ in range(3)]
+    sinks = [NativeSink(cast(Any, conn)) for conn in conns]
+    message = Broadcast.build("room", "typing", {"who": "ann"}, max_bytes=1024)
+    frames: dict[str, bytes] = {}
+    for sink in sinks:
+        sink.broadcast(message)
+        sink.presence_diff("room", {"ann": {"metas": [{"phx_ref": "1"}]}}, {}, frames)
+    first = conns[0].frames
+    assert orjson.loads(first[0]) == {
+        "type": "broadcast",
+        "topic": "room",
+        "event": "typing",
+        "payload": {"who": "ann"},
+    }
+    assert orjson.loads(first[1])["type"] == "presence_diff"
+    for conn in conns[1:]:  # the very same bytes objects: encoded once, not per member
+        assert conn.frames[0] is first[0] and conn.frames[1] is first[1]

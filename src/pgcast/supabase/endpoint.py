@@ -131,7 +131,10 @@ class PhoenixSink:
     def presence_state(self, topic: str, state: dict[str, Any]) -> None:
         self._send("presence_state", state, self.join_ref)
 
-    def presence_diff(self, topic: str, joins: dict[str, Any], leaves: dict[str, Any]) -> None:
+    def presence_diff(
+        self, topic: str, joins: dict[str, Any], leaves: dict[str, Any], frames: dict[str, bytes]
+    ) -> None:
+        # Not shared through ``frames``: each member's frame carries its own join_ref.
         self._send("presence_diff", {"joins": joins, "leaves": leaves}, self.join_ref)
 
     def broadcast(self, message: Broadcast) -> None:
