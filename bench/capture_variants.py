@@ -425,5 +425,22 @@ async def generated_variant(conn: asyncpg.Connection, table: str, name: str) -> 
         await conn.execute(statement)
 
 
+# SECURITY DEFINER with and without SET clauses, statement-level and row-level.
+VARIANTS["plain_secdef"] = VARIANTS["plain"].replace(
+    "LANGUAGE plpgsql AS", "LANGUAGE plpgsql SECURITY DEFINER AS"
+)
+VARIANTS["row_secdef"] = VARIANTS["row"].replace(
+    "LANGUAGE plpgsql AS", "LANGUAGE plpgsql SECURITY DEFINER AS"
+)
+VARIANTS["row_definer"] = VARIANTS["row"].replace(
+    "LANGUAGE plpgsql AS",
+    "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS",
+)
+VARIANTS["row_nochanged"] = VARIANTS["row_secdef"].replace(
+    "ARRAY(SELECT k FROM jsonb_object_keys(n) AS k WHERE n -> k IS DISTINCT FROM o -> k)",
+    "NULL",
+)
+
+
 if __name__ == "__main__":
     main()

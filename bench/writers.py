@@ -59,6 +59,7 @@ from common import (
     gateway_process,
     loadavg,
     logical_server,
+    proc_cpu_seconds,
     scratch_database,
 )
 
@@ -227,6 +228,38 @@ class Subscriber:
                         self.ready.set()
 
 
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat's first line."""
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _cpu_now(gateway_pid: int | None) -> dict[str, Any]:
+    """CPU counters at one instant: the gateway process, this process (the
+    subscriber runs here) and the whole machine."""
+    return {
+        "pid": gateway_pid,
+        "gateway": proc_cpu_seconds(gateway_pid) if gateway_pid else 0.0,
+        "subscriber": time.process_time(),
+        "machine": _machine_busy(),
+        "wall": time.monotonic(),
+    }
+
+
+def _cpu_used(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """Cores used between two :func:`_cpu_now` readings (1.0 = one core all along)."""
+    wall = after["wall"] - before["wall"]
+    busy = after["machine"][0] - before["machine"][0]
+    total = after["machine"][1] - before["machine"][1]
+    return {
+        "gateway_cores": (after["gateway"] - before["gateway"]) / wall,
+        "subscriber_cores": (after["subscriber"] - before["subscriber"]) / wall,
+        "machine_busy": busy / total if total else 0.0,
+    }
+
+
 def log_reads(port: int, no_gateway: bool) -> float:
     if no_gateway:
         return 0.0
@@ -265,7 +298,8 @@ async def measure_on(args: argparse.Namespace, admin_dsn: str, modes: list[str])
             if args.no_gateway
             else gateway_process("pgcast", dsn, port, env)
         )
-        with gateway, tempfile.TemporaryDirectory() as tmp:
+        with gateway as gateway_proc, tempfile.TemporaryDirectory() as tmp:
+            gateway_pid = gateway_proc.pid if gateway_proc is not None else None
             subscriber = Subscriber(port, [tables[m] for m in modes if m in TRACKED])
             if not args.no_gateway:
                 subscriber.task = asyncio.create_task(subscriber.run())
@@ -279,7 +313,9 @@ async def measure_on(args: argparse.Namespace, admin_dsn: str, modes: list[str])
                             script = Path(tmp) / f"{op}_{mode}.sql"
                             script.write_text(SCRIPTS[op].format(t=tables[mode]))
                             notifies, reads = len(heard), log_reads(port, args.no_gateway)
+                            cpu = _cpu_now(None if args.no_gateway else gateway_pid)
                             run = await pgbench(dsn, script, clients, args.seconds)
+                            run.update(_cpu_used(cpu, _cpu_now(cpu["pid"])))
                             run["notifies"] = len(heard) - notifies
                             reads = log_reads(port, args.no_gateway) - reads
                             run["log_reads_per_s"] = reads / args.seconds
@@ -338,7 +374,14 @@ def print_cell(cell: dict[str, Any], modes: list[str], seconds: float) -> None:
             notifies = _median([r["notifies"] for r in runs[mode]])
             per_tx = notifies / max(1.0, tps * seconds)
             reads = _median([r["log_reads_per_s"] for r in runs[mode]])
-            extra = f"  notifies/run {notifies:6.0f} ({per_tx:6.1%} of tx)  reads/s {reads:4.0f}"
+            gw = _median([r["gateway_cores"] for r in runs[mode]])
+            sub = _median([r["subscriber_cores"] for r in runs[mode]])
+            extra = (
+                f"  notifies/run {notifies:6.0f} ({per_tx:6.1%} of tx)  reads/s {reads:4.0f}"
+                f"  gateway {gw:4.2f} core  subscriber {sub:4.2f} core"
+            )
+        busy = _median([r["machine_busy"] for r in runs[mode]])
+        extra = f"  machine {busy:4.0%} busy" + extra
         spread = _spread([r["tps"] for r in runs[mode]])
         print(
             f"  {mode:11s} {tps:8.0f} TPS {spread}  {lat:6.2f} ms  {ratio}{extra}",

@@ -32,7 +32,14 @@ from typing import Any
 import asyncpg
 
 from .backoff import backoff
-from .changelog import DATABASE_ERRORS, PAGE_SIZE, LogCursor, read_new, start_cursor
+from .changelog import (
+    DATABASE_ERRORS,
+    PAGE_SIZE,
+    LogCursor,
+    prepare_reader_session,
+    read_new,
+    start_cursor,
+)
 from .events import ChangeEvent
 from .wakeup import PollPolicy
 
@@ -215,6 +222,7 @@ class Listener:
             await self._serve_channels(conn, lost)
         await conn.add_listener(CHANNEL, self._on_notify)
         self.backend_pid = conn.get_server_pid()
+        await prepare_reader_session(conn)
         if not self.cursor.initialized:
             await start_cursor(conn, self.cursor, timeout=self.probe_timeout)
         self.state = ListenerState.LISTENING

@@ -38,7 +38,14 @@ import asyncpg
 import nats.js.errors
 
 from pgcast.backoff import backoff
-from pgcast.changelog import DATABASE_ERRORS, LogCursor, LogRead, read_new, start_cursor
+from pgcast.changelog import (
+    DATABASE_ERRORS,
+    LogCursor,
+    LogRead,
+    prepare_reader_session,
+    read_new,
+    start_cursor,
+)
 from pgcast.election import lock_is_free
 from pgcast.events import Horizon
 from pgcast.exceptions import BrokerError
@@ -171,6 +178,7 @@ class StreamReader:
             self._wake.set()
 
         conn.add_termination_listener(on_terminate)
+        await prepare_reader_session(conn)
         await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
         await self.link.ensure_stream(max_age=self.max_age)
         cursor, exact = await self._resume(conn)
