@@ -205,6 +205,43 @@ async def test_changed_columns_helper_agrees_with_the_trigger(
     ) == ["b"]
 
 
+async def test_changed_stays_exact_as_columns_are_added_and_dropped_without_retracking(
+    conn: asyncpg.Connection,
+) -> None:
+    """UPDATE's `changed` comes from the columns the table had when its capture
+    function was generated (in jsonb key order), with a full comparison for columns
+    added since: it always equals the comparison of the two logged images."""
+    await conn.execute("CREATE TABLE evolve (id int PRIMARY KEY, bb int, a text, ccc text)")
+    await track(conn, TableName(None, "evolve"))
+    await conn.execute("INSERT INTO evolve VALUES (1, 1, 'x', 'y')")
+    await conn.execute("ALTER TABLE evolve ADD COLUMN added text, ADD COLUMN z int")
+    statements = {
+        "UPDATE evolve SET added = 'new'": ["added"],  # only an added column
+        "UPDATE evolve SET a = 'x2', z = 5, ccc = 'y2'": ["a", "z", "ccc"],  # both kinds
+        "UPDATE evolve SET bb = 2": ["bb"],  # a known one, added ones unchanged
+        "UPDATE evolve SET a = a, added = added": None,  # nothing: not logged
+    }
+    for statement, changed in statements.items():
+        before = len(await log(conn, "evolve"))
+        await conn.execute(statement)
+        rows = await log(conn, "evolve")
+        if changed is None:
+            assert len(rows) == before, statement
+            continue
+        assert len(rows) == before + 1, statement
+        assert rows[-1]["changed"] == changed, statement
+    await conn.execute("ALTER TABLE evolve DROP COLUMN ccc")
+    await conn.execute("UPDATE evolve SET a = 'x3'")
+    last = (await log(conn, "evolve"))[-1]
+    assert last["changed"] == ["a"]
+    assert "ccc" not in last["record"] and "ccc" not in last["old_record"]
+    mismatched = await conn.fetchval(
+        "SELECT count(*) FROM pgcast.changes WHERE op = 'UPDATE' "
+        "AND changed IS DISTINCT FROM pgcast.changed_columns(record, old_record)"
+    )
+    assert mismatched == 0
+
+
 # --- notifications ------------------------------------------------------------------
 
 
@@ -327,6 +364,7 @@ async def test_partitioned_table_is_captured_under_its_own_name(conn: asyncpg.Co
     await conn.execute("CREATE TABLE metrics_2 PARTITION OF metrics FOR VALUES FROM (10) TO (20)")
     tracked = await track(conn, TableName(None, "metrics"))
     assert tracked.primary_key == ("id", "day")
+    assert not await update_trigger_is_per_row(conn, "metrics")
     await conn.execute("INSERT INTO metrics VALUES (1, 1, 0), (2, 15, 0)")
     await conn.execute("UPDATE metrics SET day = 12, v = 1 WHERE id = 1")  # moves partition
     rows = await log(conn)
@@ -340,6 +378,37 @@ async def test_partitioned_table_is_captured_under_its_own_name(conn: asyncpg.Co
 
 
 # --- options ------------------------------------------------------------------------
+
+
+async def update_trigger_is_per_row(conn: asyncpg.Connection, table: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT (tgtype & 1) = 1 FROM pg_trigger WHERE tgrelid = $1::regclass "
+            "AND tgname = 'pgcast_capture_update'",
+            table,
+        )
+    )
+
+
+async def test_updates_through_an_inheritance_parent_are_captured(
+    conn: asyncpg.Connection,
+) -> None:
+    """A row-level trigger on a parent does not fire for its children's rows; the
+    statement-level UPDATE trigger's transition tables hold them, so a table with
+    inheritance children keeps it (as do partitioned tables), plain tables go per row."""
+    await conn.execute("CREATE TABLE parent_t (id int PRIMARY KEY, v int)")
+    await conn.execute("CREATE TABLE child_t (extra text) INHERITS (parent_t)")
+    await conn.execute("CREATE TABLE plain_t (id int PRIMARY KEY, v int)")
+    for table in ("parent_t", "plain_t"):
+        await track(conn, TableName(None, table))
+    assert not await update_trigger_is_per_row(conn, "parent_t")
+    assert await update_trigger_is_per_row(conn, "plain_t")
+    await conn.execute("INSERT INTO child_t VALUES (1, 10, 'c')")
+    await conn.execute("UPDATE parent_t SET v = 11 WHERE id = 1")
+    rows = await log(conn, "parent_t")
+    assert [(r["op"], r["record"], r["changed"]) for r in rows] == [
+        ("UPDATE", {"id": 1, "v": 11}, ["v"])
+    ]
 
 
 async def test_table_without_primary_key(conn: asyncpg.Connection) -> None:

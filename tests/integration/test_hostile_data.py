@@ -100,7 +100,8 @@ SHADOW_COLUMNS = (
     "id int PRIMARY KEY, merchant_id int, n jsonb, t jsonb, o jsonb, r jsonb, x jsonb, "
     "pgcast_new jsonb, pgcast_old text, ord int, record jsonb, old_record jsonb, "
     'changed text, txid text, op text, "select" text, "user" text, "order" int, '
-    '"MixedCase" text, v_txid int, v_drop text, v_rows int, tg_op text, tg_table_name text'
+    '"MixedCase" text, v_txid int, v_drop text, v_rows int, tg_op text, tg_table_name text, '
+    '"new" jsonb, "old" jsonb, v_new jsonb, v_old jsonb, v_changed text, k text'
 )
 FORGED = {"id": 4242, "merchant_id": 2}
 
@@ -132,12 +133,19 @@ def shadow_row(row_id: int, merchant: int, jsonb_value: Any) -> dict[str, Any]:
         "v_rows": 0,
         "tg_op": "TRUNCATE",
         "tg_table_name": "other",
+        "new": jsonb_value,
+        "old": jsonb_value,
+        "v_new": jsonb_value,
+        "v_old": jsonb_value,
+        "v_changed": "vc",
+        "k": "k",
     }
 
 
 async def insert_shadow(conn: asyncpg.Connection, table: str, row: dict[str, Any]) -> None:
     names = ", ".join(f'"{name}"' for name in row)
-    jsonb = {"n", "t", "o", "r", "x", "pgcast_new", "record", "old_record"}
+    jsonb = {"n", "t", "o", "r", "x", "pgcast_new", "record", "old_record", "new", "old"}
+    jsonb |= {"v_new", "v_old"}
     values = ", ".join(
         f"${i}::jsonb" if name in jsonb else f"${i}" for i, name in enumerate(row, start=1)
     )
