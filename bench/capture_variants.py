@@ -448,17 +448,21 @@ VARIANTS["plain_secdef_jit"] = VARIANTS["plain"].replace(
 # Row-level UPDATE capture as generated since schema version 5: `changed` from the
 # columns known when the function was made, as one plain expression (no sub-select),
 # with the sub-select only when a column was added since.
+_KNOWN = ("id", "note", "amount", "status", "created_at", "customer_id")
+_CASES = ",\n        ".join(
+    f"CASE WHEN v_new -> '{c}' IS DISTINCT FROM v_old -> '{c}' THEN '{c}' END" for c in _KNOWN
+)
 VARIANTS["row_update"] = """
 CREATE FUNCTION {t}_u() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE v_new jsonb; v_old jsonb; v_changed text[]; BEGIN
     v_new := to_jsonb(NEW);
     v_old := to_jsonb(OLD);
-    IF (v_new - '{{id,note,amount,status,created_at,customer_id}}'::text[]) IS DISTINCT FROM (v_old - '{{id,note,amount,status,created_at,customer_id}}'::text[]) THEN
+    IF (v_new - '@KNOWN@'::text[]) IS DISTINCT FROM (v_old - '@KNOWN@'::text[]) THEN
         v_changed := ARRAY(SELECT k FROM jsonb_object_keys(v_new) AS k
                             WHERE v_new -> k IS DISTINCT FROM v_old -> k);
     ELSE
-        v_changed := array_remove(ARRAY[CASE WHEN v_new -> 'id' IS DISTINCT FROM v_old -> 'id' THEN 'id' END, CASE WHEN v_new -> 'note' IS DISTINCT FROM v_old -> 'note' THEN 'note' END, CASE WHEN v_new -> 'amount' IS DISTINCT FROM v_old -> 'amount' THEN 'amount' END, CASE WHEN v_new -> 'status' IS DISTINCT FROM v_old -> 'status' THEN 'status' END, CASE WHEN v_new -> 'created_at' IS DISTINCT FROM v_old -> 'created_at' THEN 'created_at' END, CASE WHEN v_new -> 'customer_id' IS DISTINCT FROM v_old -> 'customer_id' THEN 'customer_id' END]::text[], NULL);
+        v_changed := array_remove(ARRAY[@CASES@]::text[], NULL);
     END IF;
     IF cardinality(v_changed) > 0 THEN
         INSERT INTO pgcast.changes (txid, tx_xmin, committed_at, schema_name, table_name, op,
@@ -469,8 +473,7 @@ DECLARE v_new jsonb; v_old jsonb; v_changed text[]; BEGIN
     END IF;
     RETURN NULL; END $$;
 CREATE TRIGGER b AFTER UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {t}_u();
-""" % {"known": "id,note,amount,status,created_at,customer_id", "case": "CASE WHEN v_new -> 'id' IS DISTINCT FROM v_old -> 'id' THEN 'id' END, CASE WHEN v_new -> 'note' IS DISTINCT FROM v_old -> 'note' THEN 'note' END, CASE WHEN v_new -> 'amount' IS DISTINCT FROM v_old -> 'amount' THEN 'amount' END, CASE WHEN v_new -> 'status' IS DISTINCT FROM v_old -> 'status' THEN 'status' END, CASE WHEN v_new -> 'created_at' IS DISTINCT FROM v_old -> 'created_at' THEN 'created_at' END, CASE WHEN v_new -> 'customer_id' IS DISTINCT FROM v_old -> 'customer_id' THEN 'customer_id' END"}
-
+""".replace("@KNOWN@", "{{" + ",".join(_KNOWN) + "}}").replace("@CASES@", _CASES)
 
 if __name__ == "__main__":
     main()
