@@ -58,24 +58,11 @@ async def install_v3(conn: asyncpg.Connection) -> None:
         "('plain_t', NULL, NULL, true), ('opts_t', '{id,b}', '{b}', true)"
     )
     for table in ("plain_t", "opts_t"):
-        for name, event, referencing in V3_TRIGGERS:
+        for name, event, referencing in TRIGGERS:
             await conn.execute(
                 f"CREATE TRIGGER {name} AFTER {event} ON {table} {referencing} "
                 'FOR EACH STATEMENT EXECUTE FUNCTION "pgcast".capture()'
             )
-
-
-# The triggers of versions 1-4: every event per statement, with transition tables.
-V3_TRIGGERS = (
-    ("pgcast_capture_insert", "INSERT", "REFERENCING NEW TABLE AS pgcast_new"),
-    (
-        "pgcast_capture_update",
-        "UPDATE",
-        "REFERENCING OLD TABLE AS pgcast_old NEW TABLE AS pgcast_new",
-    ),
-    ("pgcast_capture_delete", "DELETE", "REFERENCING OLD TABLE AS pgcast_old"),
-    ("pgcast_capture_truncate", "TRUNCATE", ""),
-)
 
 
 async def writes(conn: asyncpg.Connection, first: int) -> None:

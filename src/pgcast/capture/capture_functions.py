@@ -35,13 +35,7 @@ async def attach(conn: asyncpg.Connection, oid: int, table: TableName) -> None:
     same = await conn.fetchval("SELECT to_regprocedure($1) = to_regprocedure($2)", made, function)
     if not same:  # the SQL and the Python side must name it alike
         raise CaptureError(f"the generated capture function is not {function}")
-    # UPDATE per row only where PostgreSQL fires a row-level trigger for every
-    # updated row: not on a partitioned table (a row moved to another partition is
-    # a DELETE and an INSERT there), nor on one with inheritance children.
-    row_updates = await conn.fetchval(
-        "SELECT relkind = 'r' AND NOT relhassubclass FROM pg_class WHERE oid = $1", oid
-    )
-    for statement in sql.create_triggers(table, function, row_updates=bool(row_updates)):
+    for statement in sql.create_triggers(table, function):
         await conn.execute(statement)
 
 

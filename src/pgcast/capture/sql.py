@@ -26,7 +26,6 @@ __all__ = [
     "CHANNEL",
     "INSTALL_LOCK_KEY",
     "LEGACY_CAPTURE",
-    "ROW_UPDATE",
     "SCHEMA",
     "SCHEMA_VERSION",
     "TRIGGERS",
@@ -42,7 +41,7 @@ __all__ = [
 SCHEMA = "pgcast"
 """The schema that holds every object pgcast creates."""
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 4
 """Version of the objects below; stored as ``pgcast.state['schema_version']``.
 
 2: row images built from whole-row references that no column name can shadow.
@@ -50,9 +49,6 @@ SCHEMA_VERSION = 5
 4: one generated capture function per tracked table (``pgcast.capture_<oid>()``,
    see :func:`capture_function`) instead of the generic ``pgcast.capture()``,
    which reads the table's options at every statement.
-5: UPDATE is captured by a row-level trigger (no transition tables, no pairing
-   query), with ``changed`` computed as one plain expression over the columns the
-   table had when its function was generated.
 """
 
 LEGACY_CAPTURE = "capture"
@@ -82,36 +78,23 @@ than ``SELECT last_value, is_called FROM`` the sequence. A false win would need
 INSTALL_LOCK_KEY = 0x70676361_7374_01
 """``pg_advisory_xact_lock`` key serializing concurrent installs ('pgcast' + 1)."""
 
-# (trigger name, event, clause); order is the order of creation. Every trigger runs
-# per statement from a transition table (one INSERT ... SELECT into the log whatever
-# the number of rows), except UPDATE on a plain table (ROW_UPDATE below).
+# (trigger name, event, REFERENCING clause); order is the order of creation.
+# Every trigger runs per statement. A row-level UPDATE trigger was tried (no pairing
+# query, `changed` as plain expressions): one-row UPDATEs gained (0.56 -> 0.63 of the
+# untracked rate at 16 writers, no gateway) but a 100,000-row UPDATE went from 2.4x
+# to 3.7x the untracked time, past the 3x bound, and a row-level trigger misses rows
+# moved between partitions and rows of inheritance children (bench/RESULTS.md,
+# "Row-level UPDATE capture: tried, not kept").
 TRIGGERS: tuple[tuple[str, str, str], ...] = (
-    (
-        "pgcast_capture_insert",
-        "INSERT",
-        "REFERENCING NEW TABLE AS pgcast_new FOR EACH STATEMENT",
-    ),
+    ("pgcast_capture_insert", "INSERT", "REFERENCING NEW TABLE AS pgcast_new"),
     (
         "pgcast_capture_update",
         "UPDATE",
-        "REFERENCING OLD TABLE AS pgcast_old NEW TABLE AS pgcast_new FOR EACH STATEMENT",
+        "REFERENCING OLD TABLE AS pgcast_old NEW TABLE AS pgcast_new",
     ),
-    (
-        "pgcast_capture_delete",
-        "DELETE",
-        "REFERENCING OLD TABLE AS pgcast_old FOR EACH STATEMENT",
-    ),
-    ("pgcast_capture_truncate", "TRUNCATE", "FOR EACH STATEMENT"),
+    ("pgcast_capture_delete", "DELETE", "REFERENCING OLD TABLE AS pgcast_old"),
+    ("pgcast_capture_truncate", "TRUNCATE", ""),
 )
-
-ROW_UPDATE = "FOR EACH ROW"
-"""The UPDATE trigger's clause on a plain table (schema version 5). A statement-level
-UPDATE trigger must pair each old row with its new one from the two transition
-tables; that query cost more to start than a row-level trigger costs in all: 16
-writers of one-row UPDATEs kept 0.52 of their untracked rate with it and 0.68 per row
-(bench/RESULTS.md, schema version 5), at the price of a dearer 100,000-row UPDATE.
-Partitioned tables and tables with inheritance children keep the statement-level
-trigger (see the notes on the capture body)."""
 
 _S = quote_ident(SCHEMA)
 
@@ -197,25 +180,14 @@ COMMENT ON FUNCTION {_S}.changed_columns(jsonb, jsonb) IS
 # * No RAISE and no EXCEPTION block: the trigger must not abort the user's
 #   statement for pgcast's own reasons, and an EXCEPTION block would open a
 #   subtransaction per statement.
-# * PL/pgSQL plans each statement on first execution, so a branch that names a
-#   transition table is only planned where that transition table exists.
-# * UPDATE of a plain table runs per row (see TRIGGERS): NEW and OLD need no
-#   pairing. Partitioned tables and tables with inheritance children keep the
-#   statement-level UPDATE, which pairs old and new rows by ordinal position
-#   (PostgreSQL appends the old and the new tuple of each row to the two transition
-#   tables together): a row-level AFTER UPDATE trigger does not fire for a row that
-#   an UPDATE moves to another partition (PostgreSQL runs a DELETE and an INSERT),
-#   nor for rows of inheritance children, while the statement's transition tables
-#   hold them all.
-# * Row-level UPDATE: `changed` is
-#   one plain expression (a CASE per column the table had when the function was
-#   generated, in jsonb key order), which PL/pgSQL evaluates without starting an
-#   executor; a sub-select over the jsonb keys would start one per row. A column
-#   added later is noticed by comparing the images without the known columns, and
-#   only then does the sub-select run, so `changed` is exact in every case.
-# * columns: the columns to drop are read at each statement (each row for UPDATE),
-#   not at track time, so columns added later are projected away too (only tables
-#   with a column list).
+# * PL/pgSQL plans each statement on first execution, so the UPDATE branch that
+#   names pgcast_old is only planned where that transition table exists.
+# * UPDATE pairs old and new rows by ordinal position: PostgreSQL appends the
+#   old and the new tuple of each row to the two transition tables together.
+#   (Zipping two ARRAY(...)s with unnest would avoid the join but builds each side
+#   as one in-memory array, capped at 1 GB: a big UPDATE of big rows would fail.)
+# * columns: the columns to drop are read at each statement, not at track time, so
+#   columns added later are projected away too (only tables with a column list).
 # * No NOTIFY per transaction: PostgreSQL makes every transaction that notified
 #   take a cluster-wide lock at pre-commit and hold it until its commit record is
 #   flushed (PreCommit_Notify in async.c), so notifying commits run one at a time
@@ -229,8 +201,8 @@ COMMENT ON FUNCTION {_S}.changed_columns(jsonb, jsonb) IS
 #   first run, costed with that statement's transition-table size, so a first
 #   statement of millions of rows would leave JIT compilation (~150 ms) in the
 #   plan of every later one-row statement. work_mem = 64MB: lets the two ordinal
-#   sorts of a 100,000-row statement-level UPDATE stay in memory (they are already
-#   in order, so sorting them is a linear check) instead of spilling to disk.
+#   sorts of a 100,000-row UPDATE stay in memory (they are already in order, so
+#   sorting them is a linear check) instead of spilling to disk at the 4MB default.
 #
 # The template's @...@ markers are replaced by generate_capture() (with replace(),
 # the values quoted by format('%L')).
@@ -242,9 +214,6 @@ DECLARE
     v_at       timestamptz := clock_timestamp();
     v_drop     text[]      := '{{}}';
     v_rows     bigint      := 0;
-    v_new      jsonb;
-    v_old      jsonb;
-    v_changed  text[];
 BEGIN@DROP@
     IF TG_OP = 'INSERT' THEN
         INSERT INTO {_S}.changes
@@ -253,30 +222,7 @@ BEGIN@DROP@
           FROM pgcast_new AS r;
         GET DIAGNOSTICS v_rows = ROW_COUNT;
 
-    ELSIF TG_OP = 'UPDATE' AND TG_LEVEL = 'ROW' THEN
-        -- Row-level (plain tables): NEW and OLD are one row's images.
-        v_new := @ROW_IMAGE_NEW@;
-        v_old := @ROW_IMAGE_OLD@;
-        IF (v_new - @KNOWN@::text[]) IS DISTINCT FROM (v_old - @KNOWN@::text[]) THEN
-            -- A column added since this function was generated changed: look at
-            -- every key (a sub-select, run only until the table is tracked again).
-            v_changed := ARRAY(SELECT k FROM jsonb_object_keys(v_new) AS k
-                                WHERE v_new -> k IS DISTINCT FROM v_old -> k);
-        ELSE
-            v_changed := @CHANGED@;
-        END IF;
-        IF @ROW_FILTER@ THEN
-            INSERT INTO {_S}.changes
-                   (txid, tx_xmin, committed_at, schema_name, table_name, op,
-                    record, old_record, changed)
-            VALUES (v_txid, v_xmin, v_at, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'UPDATE',
-                    v_new, v_old, v_changed);
-            v_rows := 1;
-        END IF;
-
     ELSIF TG_OP = 'UPDATE' THEN
-        -- Statement-level (partitioned tables and tables with inheritance children):
-        -- pair old and new rows by their position in the two transition tables.
         INSERT INTO {_S}.changes
                (txid, tx_xmin, committed_at, schema_name, table_name, op,
                 record, old_record, changed)
@@ -355,57 +301,34 @@ DECLARE
     v_name     text := '{CAPTURE_PREFIX}' || p_relid::oid::text;
     v_body     text := $body${_CAPTURE_BODY}$body$;
     v_filter   text := 'true';
-    v_known    text[];
-    v_changed  text;
 BEGIN
     SELECT t.columns, t.when_changed, t.skip_unchanged
       INTO v_columns, v_when, v_skip
       FROM {_S}.tracked AS t
      WHERE t.relid = p_relid;
     IF coalesce(v_skip, true) THEN
-        v_filter := v_filter || ' AND cardinality(@CHANGED_VAR@) > 0';
+        v_filter := v_filter || ' AND cardinality(c.changed) > 0';
     END IF;
     IF v_when IS NOT NULL THEN
-        v_filter := v_filter || format(' AND @CHANGED_VAR@ && %L::text[]', v_when);
+        v_filter := v_filter || format(' AND c.changed && %L::text[]', v_when);
     END IF;
-    -- The table's columns now, in jsonb key order (shorter first, then bytewise), so
-    -- `changed` lists them in the order the sub-select over jsonb keys would.
-    SELECT coalesce(array_agg(a.attname::text ORDER BY octet_length(a.attname::text),
-                                                    a.attname::text COLLATE "C"), '{{}}')
-      INTO v_known
-      FROM pg_attribute AS a
-     WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped;
-    SELECT 'array_remove(ARRAY['
-           || coalesce(string_agg(format('CASE WHEN v_new -> %1$L IS DISTINCT FROM '
-                                         'v_old -> %1$L THEN %1$L END', u.k),
-                                  ', ' ORDER BY u.o), '')
-           || ']::text[], NULL)'
-      INTO v_changed
-      FROM unnest(v_known) WITH ORDINALITY AS u(k, o);
-    v_body := replace(v_body, '@KNOWN@', format('%L', v_known));
-    v_body := replace(v_body, '@CHANGED@', v_changed);
     IF v_columns IS NULL THEN
         v_body := replace(v_body, '@DROP@', '');
         v_body := replace(v_body, '@IMAGE@', 'to_jsonb(r.*)');
-        v_body := replace(v_body, '@ROW_IMAGE_NEW@', 'to_jsonb(NEW)');
-        v_body := replace(v_body, '@ROW_IMAGE_OLD@', 'to_jsonb(OLD)');
     ELSE
         v_body := replace(v_body, '@DROP@',
                           replace($drop${_DROP_COLUMNS}$drop$, '@COLUMNS@',
                                   format('%L', v_columns)));
         v_body := replace(v_body, '@IMAGE@', '(to_jsonb(r.*) - v_drop)');
-        v_body := replace(v_body, '@ROW_IMAGE_NEW@', '(to_jsonb(NEW) - v_drop)');
-        v_body := replace(v_body, '@ROW_IMAGE_OLD@', '(to_jsonb(OLD) - v_drop)');
     END IF;
-    v_body := replace(v_body, '@ROW_FILTER@', replace(v_filter, '@CHANGED_VAR@', 'v_changed'));
-    v_body := replace(v_body, '@FILTER@', replace(v_filter, '@CHANGED_VAR@', 'c.changed'));
+    v_body := replace(v_body, '@FILTER@', v_filter);
     EXECUTE format(
         'CREATE OR REPLACE FUNCTION {_S}.%I() RETURNS trigger LANGUAGE plpgsql '
         'SECURITY DEFINER SET search_path = pg_catalog, pg_temp '
         'SET jit = off SET work_mem = %L AS %L',
         v_name, '64MB', v_body);
     EXECUTE format('COMMENT ON FUNCTION {_S}.%I() IS %L', v_name,
-                   'pgcast: capture of ' || p_relid::text
+                   'pgcast: statement-level capture of ' || p_relid::text
                    || ' into pgcast.changes (generated; re-run track to change).');
     RETURN format('{_S}.%I()', v_name);
 END
@@ -430,16 +353,21 @@ def install_script() -> str:
     return _TABLES + _CHANGED_COLUMNS + _GENERATE
 
 
-def create_triggers(table: TableName, function: str, *, row_updates: bool = True) -> list[str]:
+def create_triggers(table: TableName, function: str) -> list[str]:
     """Statements putting the four capture triggers on ``table`` (schema-qualified),
-    calling ``function`` (:func:`capture_function`); UPDATE per row if
-    ``row_updates`` (see :data:`ROW_UPDATE`)."""
+    calling ``function`` (:func:`capture_function`)."""
     target = table.quoted()
     return [
-        f"CREATE TRIGGER {quote_ident(name)} AFTER {event} ON {target} "
-        f"{ROW_UPDATE if row_updates and event == 'UPDATE' else clause} "
-        f"EXECUTE FUNCTION {function}"
-        for name, event, clause in TRIGGERS
+        " ".join(
+            part
+            for part in (
+                f"CREATE TRIGGER {quote_ident(name)} AFTER {event} ON {target}",
+                referencing,
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {function}",
+            )
+            if part
+        )
+        for name, event, referencing in TRIGGERS
     ]
 
 
