@@ -200,6 +200,9 @@ async def pgbench(dsn: str, script: Path, clients: int, seconds: float) -> dict[
     return {"tps": float(tps.group(1)), "latency_ms": float(latency.group(1))}
 
 
+_CHANGE = '{"type":"change",'
+
+
 class Subscriber:
     """A WebSocket client of the gateway subscribed to the tracked tables; counts changes."""
 
@@ -219,10 +222,14 @@ class Subscriber:
                 )
             subscribed = 0
             async for raw in ws:
-                kind = orjson.loads(raw)["type"]
-                if kind == "change":
+                # Change frames start with this (events.change_prefix): counting them
+                # by their first bytes keeps this stand-in for remote clients from
+                # parsing ~10,000 frames a second on the writers' two cores.
+                if raw.startswith(_CHANGE):
                     self.changes += 1
-                elif kind == "subscribed":
+                    continue
+                kind = orjson.loads(raw)["type"]
+                if kind == "subscribed":
                     subscribed += 1
                     if subscribed == len(self.tables):
                         self.ready.set()

@@ -99,6 +99,10 @@ def test_truncate_and_skipped_messages() -> None:
         b"I" + struct.pack(">I", 9) + b"N" + struct.pack(">h", 1) + b"t" + struct.pack(">i", 50),
         b"I" + struct.pack(">I", 9) + b"X",
         b"I" + struct.pack(">I", 9) + b"N" + struct.pack(">h", 1) + b"b",
+        b"I" + struct.pack(">I", 9) + b"N" + struct.pack(">h", 2) + b"n",  # a value short
+        b"I" + struct.pack(">I", 9) + b"N" + struct.pack(">h", 1) + b"t" + struct.pack(">i", -5),
+        b"I" + struct.pack(">I", 9) + b"N" + struct.pack(">h", 1) + b"t\x00\x00",  # cut length
+        b"I" + struct.pack(">I", 9) + b"N" + b"\x00",  # cut count
         b"R" + struct.pack(">I", 1) + b"no-terminator",
     ],
 )
