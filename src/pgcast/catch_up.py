@@ -6,7 +6,7 @@ hold that:
 
 * **Replays hold nothing while the client drains.** A replay takes its horizon in
   one statement, then reads each page in a statement of its own, bounded to what
-  that horizon saw as committed (changelog.replay): no transaction stays open and
+  that horizon saw as committed (log_replay.replay): no transaction stays open and
   the pool connection goes back between pages. Changes after the horizon come from
   the live stream, as before.
 * **A table snapshot holds one REPEATABLE READ transaction**, because its rows must
@@ -45,8 +45,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import Any
 
 from . import protocol
-from .changelog import (
-    DATABASE_ERRORS,
+from .changelog import DATABASE_ERRORS
+from .config import Settings
+from .events import ChangeEvent, Horizon
+from .exceptions import BrokerError, CatchUpAborted, ProtocolError
+from .hub import Subscription
+from .log_replay import (
     Acquire,
     Replay,
     TableRows,
@@ -54,10 +58,6 @@ from .changelog import (
     replay,
     snapshot,
 )
-from .config import Settings
-from .events import ChangeEvent, Horizon
-from .exceptions import BrokerError, CatchUpAborted, ProtocolError
-from .hub import Subscription
 from .metrics import Registry
 from .protocol import CloseCode, ErrorCode
 from .transports import ClientTransport

@@ -14,14 +14,12 @@ from pgcast.changelog import (
     _READ,
     Horizon,
     LogCursor,
-    Replay,
-    lend,
     prepare_reader_session,
     read_new,
-    replay,
     start_cursor,
 )
 from pgcast.identifiers import parse_table_name
+from pgcast.log_replay import Replay, lend, replay
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from pgcast.catch_up import CatchUpGate
-from pgcast.changelog import malformed_position, resync_reason
 from pgcast.events import ChangeEvent, Horizon
 from pgcast.exceptions import ProtocolError
 from pgcast.hub import Subscription
+from pgcast.log_replay import malformed_position, resync_reason
 
 
 async def settle() -> None:

@@ -34,9 +34,9 @@ from collections.abc import AsyncGenerator, Sequence
 import nats.js.errors
 from nats.js import api
 
-from pgcast.changelog import Acquire
 from pgcast.events import ChangeEvent, Horizon
 from pgcast.exceptions import BrokerError
+from pgcast.log_replay import Acquire
 
 from . import codec
 from .feed import StreamFeed

@@ -14,8 +14,8 @@ import time
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
-from pgcast.changelog import Acquire
 from pgcast.events import ChangeEvent, Horizon
+from pgcast.log_replay import Acquire
 from pgcast.metrics import Registry
 
 from .codec import StreamEntry
