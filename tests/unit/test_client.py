@@ -870,6 +870,7 @@ def test_client_imports_no_gateway_module() -> None:
         "pgcast.exceptions",
         "pgcast.client",
         "pgcast.client._connection",
+        "pgcast.client._core",
         "pgcast.client._link",
         "pgcast.client._protocol",
         "pgcast.client._subscription",

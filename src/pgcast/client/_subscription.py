@@ -21,7 +21,7 @@ from pgcast.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from pgcast.client._connection import Client
+    from pgcast.client._core import ClientCore
 
 logger = logging.getLogger("pgcast.client")
 
@@ -63,7 +63,7 @@ class Subscription:
 
     def __init__(
         self,
-        client: Client,
+        client: ClientCore,
         key: str,
         request: dict[str, Any],
         *,
