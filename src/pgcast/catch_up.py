@@ -41,7 +41,14 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Mapping,
+)
 from typing import Any
 
 from . import protocol
@@ -49,6 +56,7 @@ from .changelog import DATABASE_ERRORS
 from .config import Settings
 from .events import ChangeEvent, Horizon
 from .exceptions import BrokerError, CatchUpAborted, ProtocolError
+from .filters import Condition
 from .hub import Subscription
 from .log_replay import (
     Acquire,
@@ -60,10 +68,19 @@ from .log_replay import (
 )
 from .metrics import Registry
 from .protocol import CloseCode, ErrorCode
+from .snapshot_filter import pushdown
 from .transports import ClientTransport
 from .unreadable import UnreadableRows, body_for, select_rows
 
 logger = logging.getLogger("pgcast.catch_up")
+
+
+def _conditions(sub: Subscription) -> tuple[Condition, ...]:
+    """The conditions every row sent to ``sub`` meets: its filter's, and its row
+    rule's when that is a plain AND of conditions."""
+    rule = None if sub.rule is None else sub.rule.conditions()
+    return sub.filter.conditions + (rule or ())
+
 
 # Passes over the log a catch-up may make because its live buffer overflowed.
 MAX_PASSES = 4
@@ -271,8 +288,13 @@ class CatchUps:
         since: int | Horizon | None,
         keep: frozenset[str] | None,
         rls: tuple[str, str] | None,
+        type_names: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Send ``sub``'s snapshot or replay, then make it live; fields for `subscribed`.
+
+        ``type_names`` (column -> ``pg_type.typname``, from the catalog) lets a
+        snapshot leave the rows ``sub``'s filter and row rule drop to PostgreSQL
+        (:mod:`pgcast.snapshot_filter`).
 
         ``sub`` is in the hub, catching up. Raises ``ProtocolError`` (bad position,
         unavailable) or ``CatchUpAborted`` (the client was closed or left); the
@@ -299,6 +321,7 @@ class CatchUps:
                 rls=rls,
                 # A backstop: the gateway itself closes a client slower than this.
                 idle_timeout=self.settings.catch_up_drain_timeout + 5.0,
+                where=pushdown(_conditions(sub), type_names or {}),
             )
         else:
             assert since is not None

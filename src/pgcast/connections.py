@@ -263,6 +263,7 @@ class Connections:
 
     async def _catch_up(self, client: Client, action: act.CatchUp) -> list[act.Action]:
         sub: Subscription = action.sub
+        info = self.node.catalog.tables.get((sub.schema, sub.table))
         try:
             fields = await self.node.catch_ups.run(
                 client.conn,
@@ -272,6 +273,7 @@ class Connections:
                 since=action.since,
                 keep=action.keep,
                 rls=action.rls,
+                type_names=None if info is None else dict(info.type_names),
             )
         except ProtocolError as exc:
             return client.session.catch_up_failed(sub, exc)

@@ -229,6 +229,11 @@ def _number(literal: str) -> int | Decimal | None:
         return None
 
 
+def parse_number(literal: str) -> int | Decimal | None:
+    """A filter literal as the exact number a filter compares with, or None."""
+    return _number(literal)
+
+
 _NUMBERS = (int, Decimal, float)  # a tuple: isinstance with an `a | b` union is slower
 
 

@@ -14,6 +14,7 @@ live reader and the gap-free reasoning both readers share are in
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from .changelog import (
 )
 from .events import ChangeEvent, Horizon
 from .identifiers import quote_ident
+from .snapshot_filter import Pushdown
+
+logger = logging.getLogger("pgcast.log_replay")
 
 PAGE_BYTES = 1 << 20  # row-image bytes a replay page aims at (see _PageReader)
 
@@ -300,6 +304,7 @@ async def snapshot(
     page_size: int = PAGE_SIZE,
     rls: tuple[str, str] | None = None,
     idle_timeout: float | None = None,
+    where: Pushdown | None = None,
 ) -> AsyncGenerator[TableRows | list[ChangeEvent] | Replay | Horizon, None]:
     """Yield the table's rows in chunks, then every change committed after them.
 
@@ -315,6 +320,11 @@ async def snapshot(
     The rows need S, so its transaction stays open (on one connection) while the
     caller sends the chunks: the caller bounds how long each chunk may take, and
     ``idle_timeout`` has PostgreSQL end the transaction should the caller not.
+
+    ``where`` (:func:`pgcast.snapshot_filter.pushdown`) leaves out rows the caller's
+    filter would drop, so PostgreSQL can use an index; the caller still filters. If
+    the table changed since the clause was made (a column dropped or retyped), the
+    clause is dropped and every row read, as without it.
     """
     relation = f"{quote_ident(schema)}.{quote_ident(table)}"
     async with acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
@@ -330,12 +340,17 @@ async def snapshot(
             role, claims_json = rls
             await conn.execute("SELECT set_config('request.jwt.claims', $1, true)", claims_json)
             await conn.execute(f"SET LOCAL ROLE {quote_ident(role)}")
+        query = f"SELECT to_jsonb(t.*)::text AS row FROM {relation} t"
+        params: tuple[Any, ...] = ()
+        if where is not None and where.where:
+            try:
+                async with conn.transaction():  # a savepoint: a failure leaves S usable
+                    await conn.prepare(f"{query} WHERE {where.where}", timeout=timeout)
+                query, params = f"{query} WHERE {where.where}", where.params
+            except asyncpg.PostgresError as exc:
+                logger.info("snapshot of %s reads every row: %s", relation, exc)
         chunk: list[str] = []
-        async for row in conn.cursor(
-            f"SELECT to_jsonb(t.*)::text AS row FROM {relation} t",
-            prefetch=chunk_size,
-            timeout=timeout,
-        ):
+        async for row in conn.cursor(query, *params, prefetch=chunk_size, timeout=timeout):
             chunk.append(row["row"])
             if len(chunk) >= chunk_size:
                 yield TableRows(chunk, False, horizon)

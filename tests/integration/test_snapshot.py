@@ -79,10 +79,18 @@ async def test_snapshot_is_chunked_filtered_and_projected(
             while (message := await client.recv())["type"] == "snapshot":
                 chunks.append(message)
         assert message["type"] == "subscribed" and message["snapshot_rows"] == 400
-        assert len(chunks) >= 3 and chunks[-1]["done"] and not chunks[0]["done"]
+        assert chunks[-1]["done"] and not any(chunk["done"] for chunk in chunks[:-1])
         rows = [row for chunk in chunks for row in chunk["rows"]]
         assert sorted(r["id"] for r in rows) == list(range(1, 1201, 3))
         assert all(set(r) == {"id", "tenant"} for r in rows)
+        # All 1,200 rows (no filter) come in several chunks.
+        await client.send({"type": "subscribe", "id": "all", "table": "accounts", "snapshot": True})
+        chunks = []
+        async with asyncio.timeout(TIMEOUT):
+            while (message := await client.recv())["type"] == "snapshot":
+                chunks.append(message)
+        assert message["type"] == "subscribed" and message["snapshot_rows"] == 1200
+        assert len(chunks) >= 3 and chunks[-1]["done"] and not chunks[0]["done"]
 
 
 async def test_snapshot_respects_tracked_columns(
