@@ -339,13 +339,19 @@ async def measure_on(args: argparse.Namespace, admin_dsn: str, modes: list[str])
                         await conn.close()
                         results["bulk_update"].setdefault(mode, []).append(elapsed)
                 print_bulk(results["bulk_update"], modes)
-            # Let the gateway catch up, then report what it delivered.
-            expected = await _tracked_changes(dsn)
-            if args.no_gateway:
-                expected = 0
-            deadline = time.monotonic() + 120
-            while subscriber.changes < expected and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.5)  # progress of another process's deliveries
+            # Let the gateway catch up, then report what it delivered: done when the
+            # subscriber holds as many changes as the log and the log did not grow
+            # since the previous count (in WAL mode the consumer may still be
+            # appending the last statements' changes when the writers are done).
+            expected = 0
+            if not args.no_gateway:
+                deadline = time.monotonic() + 120
+                previous, expected = -1, await _tracked_changes(dsn)
+                while subscriber.changes != expected or previous != expected:
+                    if time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.5)  # other processes' appends and deliveries
+                    previous, expected = expected, await _tracked_changes(dsn)
             results["delivered"] = {"log_rows": expected, "received": subscriber.changes}
             if subscriber.task is not None:
                 subscriber.task.cancel()

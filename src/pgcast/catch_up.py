@@ -56,7 +56,6 @@ from .changelog import DATABASE_ERRORS
 from .config import Settings
 from .events import ChangeEvent, Horizon
 from .exceptions import BrokerError, CatchUpAborted, ProtocolError
-from .filters import Condition
 from .hub import Subscription
 from .log_replay import (
     Acquire,
@@ -73,13 +72,6 @@ from .transports import ClientTransport
 from .unreadable import UnreadableRows, body_for, select_rows
 
 logger = logging.getLogger("pgcast.catch_up")
-
-
-def _conditions(sub: Subscription) -> tuple[Condition, ...]:
-    """The conditions every row sent to ``sub`` meets: its filter's, and its row
-    rule's when that is a plain AND of conditions."""
-    rule = None if sub.rule is None else sub.rule.conditions()
-    return sub.filter.conditions + (rule or ())
 
 
 # Passes over the log a catch-up may make because its live buffer overflowed.
@@ -293,8 +285,8 @@ class CatchUps:
         """Send ``sub``'s snapshot or replay, then make it live; fields for `subscribed`.
 
         ``type_names`` (column -> ``pg_type.typname``, from the catalog) lets a
-        snapshot leave the rows ``sub``'s filter and row rule drop to PostgreSQL
-        (:mod:`pgcast.snapshot_filter`).
+        snapshot leave the rows ``sub``'s filter drops (its row rule's conditions
+        included) to PostgreSQL (:mod:`pgcast.snapshot_filter`).
 
         ``sub`` is in the hub, catching up. Raises ``ProtocolError`` (bad position,
         unavailable) or ``CatchUpAborted`` (the client was closed or left); the
@@ -321,7 +313,7 @@ class CatchUps:
                 rls=rls,
                 # A backstop: the gateway itself closes a client slower than this.
                 idle_timeout=self.settings.catch_up_drain_timeout + 5.0,
-                where=pushdown(_conditions(sub), type_names or {}),
+                where=pushdown(sub.filter.conditions, type_names or {}),
             )
         else:
             assert since is not None

@@ -210,7 +210,7 @@ _INT_DIGITS = 4000  # below Python's int() limit of 4,300 digits; longer ones ar
 _NON_FINITE = {"-Infinity": (-1, 0), "Infinity": (1, 0), "NaN": (1, 1)}
 
 
-def _number(literal: str) -> int | Decimal | None:
+def parse_number(literal: str) -> int | Decimal | None:
     """A strict JSON-style number, exact: no ``_``, spaces, ``+`` or leading zeros.
 
     Python's int()/float() accept "7_0", " 70", "+70" and "0070" as 70; a token
@@ -229,11 +229,6 @@ def _number(literal: str) -> int | Decimal | None:
         return None
 
 
-def parse_number(literal: str) -> int | Decimal | None:
-    """A filter literal as the exact number a filter compares with, or None."""
-    return _number(literal)
-
-
 _NUMBERS = (int, Decimal, float)  # a tuple: isinstance with an `a | b` union is slower
 
 
@@ -248,14 +243,14 @@ def _compare(value: Any, literal: str) -> int | None:
             return None
         return _order(value, literal == "true")
     if isinstance(value, _NUMBERS):
-        number = _number(literal)
+        number = parse_number(literal)
         if number is None:
             return None
         return _order(value, number)
     if isinstance(value, str):
         special = _NON_FINITE.get(value)
         if special is not None:
-            number = _number(literal)
+            number = parse_number(literal)
             if number is not None:
                 return special[0]
             other = _NON_FINITE.get(literal)
@@ -294,7 +289,7 @@ def _test(op: str, value: Any, literals: tuple[str, ...]) -> bool | None:
 
 
 def _numeric_literal(literal: str) -> bool:
-    return _number(literal) is not None or literal in _NON_FINITE
+    return parse_number(literal) is not None or literal in _NON_FINITE
 
 
 # typcategory -> (what it is, whether a literal can compare with it, the hint)
@@ -307,7 +302,7 @@ _TYPED: dict[str, tuple[str, Callable[[str], bool], str]] = {
 def literal_keys(literal: str) -> list[IndexKey]:
     """Every index key a row value equal to ``literal`` could have."""
     keys: list[IndexKey] = [("s", literal)]
-    number = _number(literal)
+    number = parse_number(literal)
     if number is not None:
         keys.append(("n", number))
     if literal in ("true", "false"):

@@ -6,13 +6,16 @@ tenant column) of a large table cost a scan of all of it. :func:`pushdown` turns
 conditions that can be written *exactly* in SQL into a ``WHERE`` clause, which
 PostgreSQL can answer from an index on the column.
 
-The gateway's filter still decides every row that comes back (``unreadable.select_rows``),
+The subscription's filter holds its row rule's conditions too when the rule is a
+plain AND of them (``session.restrict``), so both reach the clause. The gateway's
+filter still decides every row that comes back (``unreadable.select_rows``),
 so the clause only has to keep every row the filter would keep; it may keep more.
 Hence only conditions whose SQL meaning is the filter's meaning, or wider:
 
 * un-negated ``eq`` and ``in`` (no ``neq``, ``lt``..., ``is``, ``not.``);
-* on a column whose type is ``int2``, ``int4`` or ``int8``, with integral literals
-  (a filter compares numbers exactly, so ``7``, ``07`` and ``7.0`` all equal 7);
+* on a column whose type is ``int2``, ``int4`` or ``int8``, as integers (a filter
+  compares numbers exactly: ``7.0`` equals 7, while ``7.5``, ``07`` or ``abc`` equal
+  no integer, so they leave the value list, and an empty list matches nothing);
 * on ``text`` or ``varchar``, compared as text (the filter compares a string value
   exactly with the literal; a column with a non-deterministic collation only makes
   the SQL side wider);
@@ -63,11 +66,8 @@ def _integer(literal: str) -> int | None:
 def _values(type_name: str, literals: tuple[str, ...]) -> tuple[str, list[Any]] | None:
     """(SQL type of the parameter, the literals as values), or None: not exact."""
     if type_name in _INTEGER_TYPES:
-        numbers = [_integer(literal) for literal in literals]
-        # A literal that is no integer never equals an integer column: drop it, but a
-        # condition left with no literal would keep nothing, so leave it to the gateway.
-        kept = [n for n in numbers if n is not None]
-        return ("int8", kept) if kept else None
+        numbers = (_integer(literal) for literal in literals)
+        return "int8", [n for n in numbers if n is not None]
     if type_name in _TEXT_TYPES:
         return "text", list(literals)
     if type_name == "bool" and all(literal in ("true", "false") for literal in literals):
