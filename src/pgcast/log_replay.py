@@ -341,16 +341,16 @@ async def snapshot(
             await conn.execute("SELECT set_config('request.jwt.claims', $1, true)", claims_json)
             await conn.execute(f"SET LOCAL ROLE {quote_ident(role)}")
         query = f"SELECT to_jsonb(t.*)::text AS row FROM {relation} t"
-        params: tuple[Any, ...] = ()
+        rows = conn.cursor(query, prefetch=chunk_size, timeout=timeout)
         if where is not None and where.where:
             try:
                 async with conn.transaction():  # a savepoint: a failure leaves S usable
-                    await conn.prepare(f"{query} WHERE {where.where}", timeout=timeout)
-                query, params = f"{query} WHERE {where.where}", where.params
+                    narrowed = await conn.prepare(f"{query} WHERE {where.where}", timeout=timeout)
+                rows = narrowed.cursor(*where.params, prefetch=chunk_size, timeout=timeout)
             except asyncpg.PostgresError as exc:
                 logger.info("snapshot of %s reads every row: %s", relation, exc)
         chunk: list[str] = []
-        async for row in conn.cursor(query, *params, prefetch=chunk_size, timeout=timeout):
+        async for row in rows:
             chunk.append(row["row"])
             if len(chunk) >= chunk_size:
                 yield TableRows(chunk, False, horizon)
