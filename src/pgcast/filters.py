@@ -246,6 +246,11 @@ def _compare(value: Any, literal: str) -> int | None:
         number = parse_number(literal)
         if number is None:
             return None
+        if value != value:
+            # A float NaN (rows from exactjson hold none; it writes NaN as a string):
+            # above every number, as PostgreSQL orders it. Comparing it with a Decimal
+            # would raise InvalidOperation.
+            return 1
         return _order(value, number)
     if isinstance(value, str):
         special = _NON_FINITE.get(value)

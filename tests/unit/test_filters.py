@@ -137,3 +137,14 @@ def test_conditions_joined_by_a_comma_are_refused_with_the_fix(text: str) -> Non
 @pytest.mark.parametrize("text", ["note=eq.a,b", "note=eq.x, y=z", "id=in.(1,2)"])
 def test_commas_in_values_and_lists_still_parse(text: str) -> None:
     assert str(parse_filter(text)) == text
+
+
+def test_a_float_nan_row_value_compares_without_raising() -> None:
+    """Rows parsed by exactjson hold no float NaN, but a row from elsewhere may (a
+    property test found `nan` against a Decimal literal raising InvalidOperation)."""
+    nan = float("nan")
+    assert not parse_filter("a=eq.0.0").matches({"a": nan})
+    assert parse_filter("a=neq.0.0").matches({"a": nan})
+    assert parse_filter("a=gt.1e300").matches({"a": nan})  # NaN sorts above every number
+    assert not parse_filter("a=lt.1").matches({"a": nan})
+    assert not parse_filter("a=in.(1,2.5)").matches({"a": nan})
